@@ -1,0 +1,157 @@
+"""Every setting of the service, in one place, read from the environment.
+
+The same variables configure ``modal deploy`` (read at deploy time on your machine; the
+wrapper and the GPU class read them again inside their containers from the image's env) and
+``vllm-autoscale serve --local``. Names keep the seed's ``VLLM_`` spelling
+(``VLLM_MODEL``, ``VLLM_WRAPPER_API_KEY``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deploy.engine import CHAT_TEMPLATES, EngineConfig
+
+__all__ = ["MINUTES", "ModelPreset", "MODEL_PRESETS", "Settings", "SERVICE_NAME", "SERVICE_VERSION"]
+
+MINUTES = 60  # seconds
+SERVICE_NAME = "VLLM Auto-Scale Service"
+SERVICE_VERSION = "2.0.0"  # the seed's API version, reported by GET /
+
+GPU_TYPES = ("T4", "L4", "A10G", "A10", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
+_GPU_SPEC = re.compile(rf"^({'|'.join(re.escape(g) for g in GPU_TYPES)})(?::([1-8]))?$")
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """What a model family needs from vLLM for tool calling, and the GPU it fits on."""
+
+    tool_call_parser: str | None
+    chat_template: str | None
+    gpu: str = "A100-80GB"
+    max_model_len: int = 8192
+
+
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    # Llama 3.1 calls tools as bare JSON; the template that teaches it so is not in the wheel.
+    "meta-llama/Llama-3.1-8B-Instruct": ModelPreset(
+        "llama3_json", str(CHAT_TEMPLATES / "llama3.1_json_tools.jinja")
+    ),
+    "meta-llama/Llama-3.1-70B-Instruct": ModelPreset(
+        "llama3_json", str(CHAT_TEMPLATES / "llama3.1_json_tools.jinja"), gpu="A100-80GB:2"
+    ),
+    "mistralai/Mistral-7B-Instruct-v0.2": ModelPreset(None, None, max_model_len=8192),
+}
+
+
+class Settings(BaseSettings):
+    """Service settings; each field is the env var ``VLLM_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="VLLM_", extra="ignore", frozen=True)
+
+    # -- the model and its GPU (Modal) --------------------------------------------------------
+    model: str = "meta-llama/Llama-3.1-8B-Instruct"
+    """The model the GPU class serves (Hugging Face id)."""
+    model_revision: str | None = None
+    """Pin a revision to avoid surprises when the repo updates."""
+    gpu: str | None = None
+    """Modal GPU spec, e.g. "A100-80GB" or "A100-80GB:2"; default from the model's preset."""
+    tensor_parallel_size: int | None = Field(default=None, ge=1, le=8)
+    """Defaults to the GPU count of ``gpu``; must equal it."""
+    max_model_len: int | None = Field(default=None, ge=256)
+    """Context length; default from the model's preset."""
+    max_num_seqs: int = Field(default=64, ge=1, le=1024)
+    """Sequences vLLM runs at once; also the GPU class's Modal concurrency."""
+    enforce_eager: bool = True
+    """Fast boots (no CUDA graph capture) at some throughput cost; the cold start is what users feel."""
+
+    # -- scaling --------------------------------------------------------------------------------
+    mode: Literal["autoscale", "integrated"] = "autoscale"
+    """"integrated" keeps one GPU container warm (the seed's always-on alternative)."""
+    scaledown_window: int = Field(default=2 * MINUTES, ge=2, le=3600)
+    """Idle seconds before the GPU is released: 60-120 for rare use, 300-600 for frequent."""
+    max_containers: int = Field(default=1, ge=1, le=100)
+    """Upper bound on GPU containers (each is one A100: this is the cost ceiling)."""
+    startup_timeout: int = Field(default=20 * MINUTES, ge=60)
+    """Time a GPU container may take to start; the first start downloads the weights."""
+    gpu_snapshot: bool = False
+    """Use Modal's GPU memory snapshots to cut cold starts (experimental on Modal)."""
+
+    # -- the wrapper ----------------------------------------------------------------------------
+    wrapper_api_key: SecretStr | None = None
+    """When set, every route but / and /health needs ``Authorization: Bearer <key>``."""
+    max_queue: int = Field(default=256, ge=1)
+    """Requests that may wait for a starting engine; more get 503 with Retry-After."""
+    queue_timeout: float = Field(default=10 * MINUTES, gt=0)
+    """Longest wait for the engine before a 503; streams send heartbeats meanwhile."""
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+    """Seconds between SSE comment heartbeats while a stream waits for a cold engine."""
+    max_body_bytes: int = Field(default=4_000_000, ge=1024)
+    max_messages: int = Field(default=1024, ge=1)
+    max_tokens_limit: int = Field(default=8192, ge=1)
+    max_batch: int = Field(default=256, ge=1)
+    """Requests in one batch call."""
+    gpu_price_per_hour: float = Field(default=2.50, ge=0)
+    """For the cost estimate in each response's metadata (A100-80GB on Modal)."""
+
+    @cached_property
+    def preset(self) -> ModelPreset:
+        return MODEL_PRESETS.get(self.model, ModelPreset("hermes", None))
+
+    @property
+    def gpu_spec(self) -> str:
+        return self.gpu or self.preset.gpu
+
+    @property
+    def gpu_count(self) -> int:
+        match = _GPU_SPEC.match(self.gpu_spec)
+        return int(match.group(2) or 1) if match else 1
+
+    @property
+    def tp_size(self) -> int:
+        return self.tensor_parallel_size or self.gpu_count
+
+    @model_validator(mode="after")
+    def _check_gpu(self) -> Settings:
+        if not _GPU_SPEC.match(self.gpu_spec):
+            raise ValueError(
+                f"VLLM_GPU={self.gpu_spec!r} is not a Modal GPU spec: use TYPE or TYPE:COUNT "
+                f"with TYPE one of {', '.join(GPU_TYPES)} and COUNT 1-8 (e.g. 'A100-80GB:2')"
+            )
+        if self.tensor_parallel_size and self.tensor_parallel_size != self.gpu_count:
+            raise ValueError(
+                f"VLLM_TENSOR_PARALLEL_SIZE={self.tensor_parallel_size} does not match the "
+                f"{self.gpu_count} GPU(s) of VLLM_GPU={self.gpu_spec!r}: vLLM shards the model "
+                "over exactly that many GPUs"
+            )
+        return self
+
+    def gpu_engine_config(self) -> EngineConfig:
+        """The engine as the Modal GPU container runs it (CUDA vLLM)."""
+        preset = self.preset
+        extra: tuple[str, ...] = ()
+        if self.model_revision:
+            extra = ("--revision", self.model_revision)
+        return EngineConfig(
+            model=self.model,
+            served_model_name=self.model,
+            host="127.0.0.1",
+            port=8001,
+            device="cuda",
+            max_model_len=self.max_model_len or preset.max_model_len,
+            max_num_seqs=self.max_num_seqs,
+            tensor_parallel_size=self.tp_size,
+            enforce_eager=self.enforce_eager,
+            tool_call_parser=preset.tool_call_parser,
+            chat_template=preset.chat_template,
+            tool_strict_level=None,
+            enable_sleep_mode=self.gpu_snapshot,
+            startup_timeout=float(self.startup_timeout),
+            extra_args=extra,
+        )

@@ -1,0 +1,119 @@
+"""The whole service on one machine: the wrapper (uvicorn, in a thread) over a local engine.
+
+``vllm-autoscale serve --local``, the test suite's session fixture, the examples' CI smoke
+tests and the benchmarks all start the stack through ``LocalStack``, so they run the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvicorn
+from fastapi import FastAPI
+
+from deploy.config import Settings
+from deploy.engine import EngineConfig, free_port
+from deploy.local_model import local_engine_config
+from deploy.transport import LocalTransport
+from deploy.wrapper import create_app
+
+__all__ = ["LocalStack"]
+
+T = TypeVar("T")
+
+
+class LocalStack:
+    """Wrapper + engine on localhost. ``with LocalStack() as stack: ... stack.url``."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        settings: Settings | None = None,
+        engine_config: EngineConfig | None = None,
+        engine_log: str | Path | None = None,
+        scaledown_window: float | None = None,
+        warm: bool = False,
+        access_log: bool = False,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.host = host
+        self.port = port or free_port(host)
+        self.engine_config = engine_config or local_engine_config(
+            log_file=str(engine_log) if engine_log else None
+        )
+        window = self.settings.scaledown_window if scaledown_window is None else scaledown_window
+        self.transport = LocalTransport(
+            self.engine_config,
+            scaledown_window=window or None,
+            max_queue=self.settings.max_queue,
+            queue_timeout=self.settings.queue_timeout,
+        )
+        self.app: FastAPI = create_app(self.transport, self.settings)
+        self.warm = warm
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host=host, port=self.port, log_level="warning",
+                access_log=access_log, timeout_graceful_shutdown=5,
+            )
+        )  # fmt: skip
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> LocalStack:
+        """Serve the wrapper; with ``warm=True`` also wait until the engine is ready."""
+
+        def serve() -> None:
+            asyncio.run(self._serve())
+
+        self._thread = threading.Thread(target=serve, name="vllm-autoscale-wrapper", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the wrapper did not start on {self.url}")
+            time.sleep(0.02)
+        if self.warm:
+            self.wait_warm()
+        return self
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._server.serve()
+
+    def call(self, fn: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
+        """Run a coroutine on the wrapper's event loop (transport methods live there)."""
+        assert self._loop is not None, "the stack is not running"
+        return asyncio.run_coroutine_threadsafe(fn(), self._loop).result(timeout)  # type: ignore[arg-type]
+
+    def wait_warm(self, timeout: float | None = None) -> None:
+        """Start the engine if it is cold and wait until it serves."""
+        limit = timeout or self.engine_config.startup_timeout
+        self.call(self.transport.ensure_warm, limit)
+
+    def status(self) -> dict[str, Any]:
+        return self.call(self.transport.status).to_dict()
+
+    def stop(self) -> None:
+        """Stop the wrapper; its shutdown stops the engine (nothing is left running)."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        # Belt and braces: if the server never ran its shutdown, the engine still goes.
+        self.transport.engine.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,106 @@
+"""The wrapper's wire format: pydantic models for every request body it accepts.
+
+Two dialects share one engine: the seed's ``POST /chat`` (``ChatRequest``) and OpenAI's
+``POST /v1/chat/completions`` (``ChatCompletionRequest``), plus the batch route. The OpenAI
+model validates the fields the wrapper must reason about and passes every other field through
+to vLLM untouched (``extra="allow"``), so new vLLM sampling options need no change here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BatchRequest",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "ChatRequest",
+    "Message",
+]
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class ChatMessage(BaseModel):
+    """A message of the seed's ``/chat``: a role and plain text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """The seed's ``POST /chat`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+
+    def to_openai(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"messages": [m.model_dump() for m in self.messages]}
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        return body
+
+
+class Message(BaseModel):
+    """An OpenAI chat message; content may be text or a list of content parts."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat-completions body; unknown fields pass through to vLLM."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[Message] = Field(min_length=1)
+    model: str | None = None
+    """Ignored beyond a check: the service serves one model."""
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+    def to_engine(self, model_name: str) -> dict[str, Any]:
+        """The body vLLM gets: what the caller set, with the served model's name."""
+        body = self.model_dump(exclude_none=True, exclude_unset=True)
+        body["model"] = model_name
+        return body
+
+
+class BatchRequest(BaseModel):
+    """Many chat completions in one call: the GPU side serves them concurrently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[ChatCompletionRequest] = Field(min_length=1)
+    max_concurrency: int | None = Field(default=None, ge=1)

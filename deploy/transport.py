@@ -1,0 +1,256 @@
+"""How the wrapper reaches the engine: the transport interface and the local transport.
+
+The wrapper only ever talks to an ``EngineTransport``. Locally that is ``LocalTransport``,
+which owns a ``VLLMEngine`` process and gives it Modal's life: started by the first request
+(or ``warmup``), stopped after ``scaledown_window`` idle seconds, with requests that arrive
+during a start waiting in a bounded queue. On Modal it is ``ModalTransport``
+(``deploy/transport_modal.py``), which makes Modal function calls to the GPU class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from deploy.engine import EngineConfig, VLLMEngine
+from deploy.errors import EngineError, EngineStartError, EngineUnavailable, Overloaded
+
+__all__ = ["EngineState", "EngineStatus", "EngineTransport", "LocalTransport", "RequestInfo"]
+
+EngineState = Literal["cold", "starting", "warm", "failed"]
+
+
+@dataclass
+class RequestInfo:
+    """Filled in by the transport while it serves one request; the wrapper reports it."""
+
+    cold_start: bool = False
+    """This request waited for the engine to start."""
+    queue_wait_s: float = 0.0
+    """Seconds spent waiting for the engine to be ready."""
+
+
+@dataclass
+class EngineStatus:
+    """What the wrapper knows about the engine without waking it."""
+
+    state: EngineState
+    queue_depth: int
+    in_flight: int
+    cold_starts: int
+    scaledown_window: float | None
+    last_request_at: float | None = None
+    """Unix time of the last request the engine served."""
+    last_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        data.update(self.extra)
+        return data
+
+
+class EngineTransport(Protocol):
+    """The engine as the wrapper sees it: OpenAI chat-completion bodies in, dicts out."""
+
+    model_name: str
+
+    async def chat(self, body: dict[str, Any], info: RequestInfo) -> dict[str, Any]: ...
+
+    def stream(self, body: dict[str, Any], info: RequestInfo) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def batch(
+        self, bodies: Sequence[dict[str, Any]], info: RequestInfo, max_concurrency: int | None = None
+    ) -> list[dict[str, Any] | EngineError]: ...
+
+    async def status(self) -> EngineStatus:
+        """Must never start the engine."""
+        ...
+
+    async def warmup(self) -> EngineStatus:
+        """Begin starting the engine and return at once."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class LocalTransport:
+    """A local vLLM process that starts on demand and stops when idle, like a Modal container."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        scaledown_window: float | None = 120.0,
+        max_queue: int = 256,
+        queue_timeout: float = 600.0,
+    ) -> None:
+        self.engine = VLLMEngine(config)
+        self.model_name = config.served_model_name
+        self.scaledown_window = scaledown_window
+        """Idle seconds before the engine stops; None keeps it up until shutdown."""
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.state: EngineState = "cold"
+        self.cold_starts = 0
+        self.last_error: str | None = None
+        self.last_request_at: float | None = None
+        self._last_activity = time.monotonic()
+        self._waiting = 0
+        self._in_flight = 0
+        self._start_task: asyncio.Task[None] | None = None
+        self._idle_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self.state = "starting"
+        self.cold_starts += 1
+        try:
+            await self.engine.start()
+        except EngineStartError as exc:
+            self.state = "failed"
+            self.last_error = exc.message
+            raise
+        except BaseException:
+            self.state = "cold"
+            await asyncio.to_thread(self.engine.stop)
+            raise
+        self.state = "warm"
+        self.last_error = None
+        self._last_activity = time.monotonic()
+        self._ensure_idle_watch()
+
+    def _begin_start(self) -> asyncio.Task[None]:
+        if self._start_task is None or self._start_task.done():
+            self._start_task = asyncio.create_task(self._start())
+            # A start nobody waits for (warmup) must not log "exception never retrieved".
+            self._start_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return self._start_task
+
+    def _refresh_state(self) -> None:
+        if self.state == "warm" and not self.engine.is_running():
+            self.state = "cold"  # the process died; the next request starts a new one
+            self.last_error = self.last_error or "the engine process exited"
+
+    async def _ready(self, info: RequestInfo) -> None:
+        """Return once the engine is warm, starting it if needed (the queue of a cold start)."""
+        self._refresh_state()
+        if self.state == "warm":
+            return
+        if self._waiting >= self.max_queue:
+            raise Overloaded(
+                f"{self._waiting} requests are already waiting for the engine to start",
+                retry_after=10,
+            )
+        self._waiting += 1
+        began = time.monotonic()
+        info.cold_start = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._begin_start()), self.queue_timeout)
+        except asyncio.TimeoutError:
+            raise Overloaded(
+                f"the engine is still starting after {self.queue_timeout:.0f} s", retry_after=30
+            ) from None
+        finally:
+            self._waiting -= 1
+            info.queue_wait_s = time.monotonic() - began
+
+    @contextlib.asynccontextmanager
+    async def _serving(self, info: RequestInfo) -> AsyncIterator[None]:
+        await self._ready(info)
+        self._in_flight += 1
+        self.last_request_at = time.time()
+        try:
+            yield
+        except EngineUnavailable as exc:
+            self._note_failure(exc)
+            raise
+        finally:
+            self._in_flight -= 1
+            self._last_activity = time.monotonic()
+
+    def _note_failure(self, exc: EngineError) -> None:
+        self.last_error = exc.message
+        if not self.engine.is_running():
+            self.state = "cold"
+
+    def _ensure_idle_watch(self) -> None:
+        if self.scaledown_window is None:
+            return
+        if self._idle_task is None or self._idle_task.done():
+            self._idle_task = asyncio.create_task(self._idle_watch())
+
+    async def _idle_watch(self) -> None:
+        assert self.scaledown_window is not None
+        tick = min(1.0, self.scaledown_window / 4)
+        while True:
+            await asyncio.sleep(tick)
+            idle = time.monotonic() - self._last_activity
+            if self.state == "warm" and self._in_flight == 0 and idle >= self.scaledown_window:
+                await self.scale_down()
+                return
+
+    async def ensure_warm(self) -> None:
+        """Start the engine if needed and wait until it serves."""
+        await self._ready(RequestInfo())
+
+    async def scale_down(self) -> None:
+        """Stop the engine now (what the idle timer does after ``scaledown_window``)."""
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._start_task
+        self.state = "cold"
+        await self.engine.aclose()
+        await asyncio.to_thread(self.engine.stop)
+
+    # -- EngineTransport -----------------------------------------------------------------------
+
+    async def chat(self, body: dict[str, Any], info: RequestInfo) -> dict[str, Any]:
+        async with self._serving(info):
+            return await self.engine.chat(body)
+
+    async def stream(self, body: dict[str, Any], info: RequestInfo) -> AsyncIterator[dict[str, Any]]:
+        async with self._serving(info):
+            async for chunk in self.engine.stream(body):
+                yield chunk
+
+    async def batch(
+        self, bodies: Sequence[dict[str, Any]], info: RequestInfo, max_concurrency: int | None = None
+    ) -> list[dict[str, Any] | EngineError]:
+        async with self._serving(info):
+            results = await self.engine.batch(bodies, max_concurrency)
+        for result in results:
+            if isinstance(result, EngineUnavailable):
+                self._note_failure(result)
+        return results
+
+    async def status(self) -> EngineStatus:
+        self._refresh_state()
+        return EngineStatus(
+            state=self.state,
+            queue_depth=self._waiting,
+            in_flight=self._in_flight,
+            cold_starts=self.cold_starts,
+            scaledown_window=self.scaledown_window,
+            last_request_at=self.last_request_at,
+            last_error=self.last_error,
+            extra={"engine_pid": self.engine.pid},
+        )
+
+    async def warmup(self) -> EngineStatus:
+        self._refresh_state()
+        if self.state != "warm":
+            self._begin_start()
+            await asyncio.sleep(0)  # let the start task set state to "starting"
+        return await self.status()
+
+    async def aclose(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        await self.scale_down()

@@ -1,0 +1,400 @@
+"""The always-on wrapper: a FastAPI app in front of an engine transport.
+
+``create_app(transport, settings)`` builds the same app locally (``LocalTransport``) and on
+Modal (``ModalTransport``). The wrapper owns the HTTP concerns (auth, validation, limits,
+request ids, metrics, logs, SSE heartbeats while the GPU wakes) and never needs a GPU itself:
+``/``, ``/health``, ``/status`` and ``/v1/models`` answer without waking the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deploy.config import SERVICE_NAME, SERVICE_VERSION, Settings
+from deploy.errors import EngineError, error_body
+from deploy.metrics import Metrics
+from deploy.protocol import BatchRequest, ChatCompletionRequest, ChatRequest
+from deploy.transport import EngineTransport, RequestInfo
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("vllm_autoscale.wrapper")
+
+_HEARTBEAT = object()
+_DONE = b"data: [DONE]\n\n"
+
+
+class InvalidRequest(Exception):
+    """A request that is well-formed JSON but breaks a limit; answered 4xx naming the field."""
+
+    def __init__(self, message: str, param: str, status: int = HTTPStatus.UNPROCESSABLE_ENTITY):
+        super().__init__(message)
+        self.message, self.param, self.status = message, param, status
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _with_heartbeats(
+    source: AsyncIterator[dict[str, Any]], interval: float, first: asyncio.Task[Any] | None = None
+) -> AsyncIterator[Any]:
+    """Yield ``source``'s items, and ``_HEARTBEAT`` whenever ``interval`` passes without one."""
+    pending = first or asyncio.ensure_future(source.__anext__())
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield _HEARTBEAT
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            yield item
+            pending = asyncio.ensure_future(source.__anext__())
+    finally:
+        if not pending.done():
+            pending.cancel()
+        await source.aclose()  # type: ignore[attr-defined]
+
+
+class _RequestContext:
+    """Pure ASGI middleware: request ids, body-size limit, metrics and one JSON log line."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            response = JSONResponse(
+                error_body(f"request body exceeds {self.max_body_bytes} bytes", param="body"),
+                status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            )
+            await response(scope, receive, send_with_id)
+        else:
+            await self.app(scope, receive, send_with_id)
+        elapsed = time.perf_counter() - started
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        self.metrics.requests.labels(path, str(status)).inc()
+        self.metrics.latency.labels(path).observe(elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "request",
+                extra={"request_id": request_id, "method": scope["method"], "path": scope["path"],
+                       "status": status, "duration_ms": round(elapsed * 1000, 2)},
+            )  # fmt: skip
+
+
+def create_app(transport: EngineTransport, settings: Settings | None = None) -> FastAPI:
+    """The wrapper app over ``transport``; ``settings`` default to the environment's."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    api_key = settings.wrapper_api_key.get_secret_value().encode() if settings.wrapper_api_key else None
+    model_name = transport.model_name
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await transport.aclose()
+
+    app = FastAPI(
+        title=SERVICE_NAME,
+        version=SERVICE_VERSION,
+        description="Always-on wrapper in front of a scale-to-zero vLLM engine.",
+        lifespan=lifespan,
+    )
+    app.state.transport = transport
+    app.state.settings = settings
+    app.state.metrics = metrics
+
+    # -- auth -----------------------------------------------------------------------------------
+
+    async def require_api_key(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key):
+            raise _AuthError()
+
+    auth = [Depends(require_api_key)]
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    @app.exception_handler(_AuthError)
+    async def _auth_error(_: Request, __: _AuthError) -> JSONResponse:
+        return JSONResponse(
+            error_body("missing or invalid API key: send 'Authorization: Bearer <key>'",
+                       type="authentication_error", code=401),
+            status_code=HTTPStatus.UNAUTHORIZED,
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or "body"
+        body = error_body(f"{param}: {first.get('msg', 'invalid request')}", param=param, code=422)
+        body["detail"] = json.loads(json.dumps(errors, default=str))
+        return JSONResponse(body, status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid_request(_: Request, exc: InvalidRequest) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.message, param=exc.param, code=exc.status), status_code=exc.status
+        )
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
+        return _engine_error_response(exc)
+
+    # -- service info (never wakes the engine) --------------------------------------------------
+
+    @app.get("/")
+    async def root() -> dict[str, Any]:
+        return {
+            "service": SERVICE_NAME,
+            "version": SERVICE_VERSION,
+            "architecture": {
+                "wrapper": "Always-on (no GPU)",
+                "vllm": "Auto-scale to zero (with GPU)",
+                "scaledown_window": _window_text(settings.scaledown_window),
+            },
+            "model": model_name,
+        }
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        status = await transport.status()
+        return {
+            "status": "healthy",
+            "wrapper_status": "running",
+            "vllm_status": "auto-scaling (idle or active)",
+            "model": model_name,
+            "architecture": "separated",
+            "engine_state": status.state,
+        }
+
+    @app.get("/status", dependencies=auth)
+    async def status() -> dict[str, Any]:
+        st = await transport.status()
+        metrics.queue_depth.set(st.queue_depth)
+        metrics.cold_starts.set(st.cold_starts)
+        return {"model": model_name, **st.to_dict()}
+
+    @app.post("/warmup", dependencies=auth, status_code=HTTPStatus.ACCEPTED)
+    async def warmup() -> dict[str, Any]:
+        st = await transport.warmup()
+        return {"model": model_name, **st.to_dict()}
+
+    @app.get("/metrics", dependencies=auth)
+    async def metrics_route() -> Response:
+        st = await transport.status()
+        metrics.queue_depth.set(st.queue_depth)
+        metrics.cold_starts.set(st.cold_starts)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", dependencies=auth)
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "vllm-autoscale"}],
+        }
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def check_limits(req: ChatCompletionRequest, prefix: str = "") -> None:
+        if len(req.messages) > settings.max_messages:
+            raise InvalidRequest(
+                f"at most {settings.max_messages} messages per request", f"{prefix}messages"
+            )
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = getattr(req, name)
+            if value is not None and value > settings.max_tokens_limit:
+                raise InvalidRequest(
+                    f"{name} must be at most {settings.max_tokens_limit}", f"{prefix}{name}"
+                )
+        if req.model not in (None, "", model_name):
+            raise InvalidRequest(
+                f"model {req.model!r} is not served here; this service serves {model_name!r}",
+                f"{prefix}model",
+                HTTPStatus.NOT_FOUND,
+            )
+
+    def request_meta(request: Request, info: RequestInfo, started: float) -> dict[str, Any]:
+        total = time.perf_counter() - started
+        return {
+            "request_id": request.state.request_id,
+            "cold_start": info.cold_start,
+            "queue_wait_ms": round(info.queue_wait_s * 1000, 1),
+            "engine_ms": round((total - info.queue_wait_s) * 1000, 1),
+        }
+
+    def meta_headers(meta: dict[str, Any]) -> dict[str, str]:
+        return {
+            "x-cold-start": str(meta["cold_start"]).lower(),
+            "x-queue-wait-ms": str(meta["queue_wait_ms"]),
+            "x-engine-ms": str(meta["engine_ms"]),
+        }
+
+    async def complete(request: Request, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        info, started = RequestInfo(), time.perf_counter()
+        result = await transport.chat(body, info)
+        metrics.count_usage(result.get("usage"))
+        return result, request_meta(request, info, started)
+
+    @app.post("/chat", dependencies=auth)
+    async def chat(req: ChatRequest, request: Request) -> JSONResponse:
+        result, meta = await complete(request, {**req.to_openai(), "model": model_name})
+        choice = (result.get("choices") or [{}])[0]
+        message = choice.get("message") or {}
+        return JSONResponse(
+            {
+                "content": message.get("content") or "",
+                "usage": result.get("usage"),
+                "model": result.get("model", model_name),
+                "finish_reason": choice.get("finish_reason"),
+                "id": result.get("id"),
+                "metadata": meta,
+            },
+            headers=meta_headers(meta),
+        )
+
+    @app.post("/v1/chat/completions", dependencies=auth, response_model=None)
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
+        check_limits(req)
+        body = req.to_engine(model_name)
+        if not req.stream:
+            result, meta = await complete(request, body)
+            result["vllm_autoscale"] = meta
+            return JSONResponse(result, headers=meta_headers(meta))
+        return await stream_response(request, body)
+
+    async def stream_response(request: Request, body: dict[str, Any]) -> Response:
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        # Usage always travels from the engine (metrics count it); callers who did not ask
+        # for the usage chunk do not get it.
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        info, started = RequestInfo(), time.perf_counter()
+        source = transport.stream(body, info)
+        first = asyncio.ensure_future(source.__anext__())
+        # Errors that happen before the first chunk (bad params, overload) keep their HTTP
+        # status; a cold start holds the first chunk back, and then the stream starts with
+        # heartbeats instead.
+        done, _ = await asyncio.wait({first}, timeout=settings.heartbeat_interval)
+        if done and first.exception() is not None and not isinstance(first.exception(), StopAsyncIteration):
+            await source.aclose()  # type: ignore[attr-defined]
+            exc = first.exception()
+            if isinstance(exc, EngineError):
+                return _engine_error_response(exc)
+            raise exc  # type: ignore[misc]
+
+        async def events() -> AsyncIterator[bytes]:
+            first_token = True
+            try:
+                async for item in _with_heartbeats(source, settings.heartbeat_interval, first):
+                    if item is _HEARTBEAT:
+                        yield b": keep-alive\n\n"
+                        continue
+                    if first_token and item.get("choices"):
+                        metrics.ttft.observe(time.perf_counter() - started)
+                        first_token = False
+                    if item.get("usage") and not item.get("choices"):
+                        metrics.count_usage(item["usage"])
+                        if not wants_usage:
+                            continue
+                        item["vllm_autoscale"] = request_meta(request, info, started)
+                    yield _sse(item)
+            except EngineError as exc:
+                log.warning("stream failed: %s", exc.message, extra={"request_id": request.state.request_id})
+                yield _sse(exc.to_body())
+            yield _DONE
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    @app.post("/v1/chat/completions/batch", dependencies=auth)
+    async def chat_batch(req: BatchRequest, request: Request) -> JSONResponse:
+        if len(req.requests) > settings.max_batch:
+            raise InvalidRequest(f"at most {settings.max_batch} requests per batch", "requests")
+        for i, item in enumerate(req.requests):
+            check_limits(item, prefix=f"requests.{i}.")
+            if item.stream:
+                raise InvalidRequest("a batch cannot stream", f"requests.{i}.stream")
+        info, started = RequestInfo(), time.perf_counter()
+        results = await transport.batch(
+            [r.to_engine(model_name) for r in req.requests], info, req.max_concurrency
+        )
+        out: list[dict[str, Any]] = []
+        for i, result in enumerate(results):
+            if isinstance(result, EngineError):
+                out.append({"index": i, "status_code": result.status_code, **result.to_body()})
+            else:
+                metrics.count_usage(result.get("usage"))
+                out.append({"index": i, "status_code": 200, "response": result})
+        meta = request_meta(request, info, started)
+        return JSONResponse(
+            {"object": "batch.chat.completion", "results": out, "vllm_autoscale": meta},
+            headers=meta_headers(meta),
+        )
+
+    app.add_middleware(_RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+class _AuthError(Exception):
+    pass
+
+
+def _engine_error_response(exc: EngineError) -> JSONResponse:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(int(exc.retry_after))
+    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
+
+
+def _window_text(seconds: float) -> str:
+    if seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{seconds:g} seconds"
+
+
+Handler = Callable[..., Awaitable[Any]]
