@@ -47,13 +47,18 @@ def _serve(args: argparse.Namespace) -> int:
     code = 0
     try:
         stack.start()
-        print(f"vllm-autoscale wrapper on {stack.url} (model {stack.transport.model_name})", flush=True)
+        print(
+            f"vllm-autoscale wrapper on {stack.url} (model {stack.transport.model_name})",
+            flush=True,
+        )
         if args.command:
             print("waiting for the engine to be warm...", flush=True)
             stack.wait_warm()
             env = {**os.environ, "VLLM_AUTOSCALE_URL": stack.url}
             if stack.settings.wrapper_api_key:
-                env.setdefault("VLLM_AUTOSCALE_API_KEY", stack.settings.wrapper_api_key.get_secret_value())
+                env.setdefault(
+                    "VLLM_AUTOSCALE_API_KEY", stack.settings.wrapper_api_key.get_secret_value()
+                )
             command = [sys.executable if c == "python" else c for c in args.command]
             child = subprocess.Popen(command, env=env)
             while child.poll() is None and not stop.is_set():
@@ -65,8 +70,9 @@ def _serve(args: argparse.Namespace) -> int:
             window = stack.transport.scaledown_window
             print(
                 "engine starts on the first request (or POST /warmup) and stops after "
-                f"{window:g} idle seconds; Ctrl-C stops everything" if window else
-                "engine stays up until Ctrl-C",
+                f"{window:g} idle seconds; Ctrl-C stops everything"
+                if window
+                else "engine stays up until Ctrl-C",
                 flush=True,
             )
             if args.warm:
@@ -94,12 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
         "--scaledown-window", type=float, default=None,
-        help="idle seconds before the engine stops (default VLLM_SCALEDOWN_WINDOW or 120; 0 = never)",
+        help="idle seconds before the engine stops "
+        "(default: VLLM_SCALEDOWN_WINDOW or 120; 0 = never)",
     )  # fmt: skip
-    serve.add_argument("--warm", action="store_true", help="start the engine now, not on the first request")
+    serve.add_argument(
+        "--warm", action="store_true", help="start the engine now, not on the first request"
+    )
     serve.add_argument("--engine-log", default=None, help="write vLLM's output to this file")
     serve.add_argument("--log-level", default="INFO")
-    serve.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND to run against the stack")
+    serve.add_argument(
+        "command", nargs=argparse.REMAINDER, help="-- COMMAND to run against the stack"
+    )
     serve.set_defaults(func=_serve)
     return parser
 

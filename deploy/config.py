@@ -18,13 +18,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.engine import CHAT_TEMPLATES, EngineConfig
 
-__all__ = ["MINUTES", "ModelPreset", "MODEL_PRESETS", "Settings", "SERVICE_NAME", "SERVICE_VERSION"]
+__all__ = ["MINUTES", "MODEL_PRESETS", "SERVICE_NAME", "SERVICE_VERSION", "ModelPreset", "Settings"]
 
 MINUTES = 60  # seconds
 SERVICE_NAME = "VLLM Auto-Scale Service"
 SERVICE_VERSION = "2.0.0"  # the seed's API version, reported by GET /
 
-GPU_TYPES = ("T4", "L4", "A10G", "A10", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
+GPU_TYPES = (
+    "T4",
+    "L4",
+    "A10G",
+    "A10",
+    "L40S",
+    "A100",
+    "A100-40GB",
+    "A100-80GB",
+    "H100",
+    "H200",
+    "B200",
+)
 _GPU_SPEC = re.compile(rf"^({'|'.join(re.escape(g) for g in GPU_TYPES)})(?::([1-8]))?$")
 
 
@@ -69,7 +81,7 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(default=64, ge=1, le=1024)
     """Sequences vLLM runs at once; also the GPU class's Modal concurrency."""
     enforce_eager: bool = True
-    """Fast boots (no CUDA graph capture) at some throughput cost; the cold start is what users feel."""
+    """Fast boots (no CUDA graph capture) at some throughput cost: users feel the cold start."""
 
     # -- scaling --------------------------------------------------------------------------------
     mode: Literal["autoscale", "integrated"] = "autoscale"

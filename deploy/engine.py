@@ -206,8 +206,8 @@ class VLLMEngine:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise EngineStartError(
-                        f"vLLM did not become ready within {timeout or self.config.startup_timeout:.0f} s: "
-                        f"{self.log_tail()}"
+                        f"vLLM did not become ready within "
+                        f"{timeout or self.config.startup_timeout:.0f} s: {self.log_tail()}"
                     )
                 await asyncio.sleep(0.25)
 
@@ -263,9 +263,7 @@ class VLLMEngine:
         if self._process is None:
             raise EngineUnavailable("the engine is not running")
         if self._process.poll() is not None:
-            raise EngineUnavailable(
-                f"the engine process exited (code {self._process.returncode})"
-            )
+            raise EngineUnavailable(f"the engine process exited (code {self._process.returncode})")
 
     @staticmethod
     async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
@@ -355,4 +353,3 @@ class VLLMEngine:
                 return resp.status == 200
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
-

@@ -65,11 +65,17 @@ class EngineError(Exception):
         )
 
     def to_body(self) -> dict[str, Any]:
-        return error_body(self.message, type=self.error_type, param=self.param, code=self.status_code)
+        return error_body(
+            self.message, type=self.error_type, param=self.param, code=self.status_code
+        )
 
 
 def _rebuild(
-    cls: type[EngineError], message: str, status_code: int, param: str | None, retry_after: float | None
+    cls: type[EngineError],
+    message: str,
+    status_code: int,
+    param: str | None,
+    retry_after: float | None,
 ) -> EngineError:
     return cls(message, status_code=status_code, param=param, retry_after=retry_after)
 

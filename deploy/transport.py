@@ -64,7 +64,10 @@ class EngineTransport(Protocol):
     def stream(self, body: dict[str, Any], info: RequestInfo) -> AsyncIterator[dict[str, Any]]: ...
 
     async def batch(
-        self, bodies: Sequence[dict[str, Any]], info: RequestInfo, max_concurrency: int | None = None
+        self,
+        bodies: Sequence[dict[str, Any]],
+        info: RequestInfo,
+        max_concurrency: int | None = None,
     ) -> list[dict[str, Any] | EngineError]: ...
 
     async def status(self) -> EngineStatus:
@@ -215,13 +218,18 @@ class LocalTransport:
         async with self._serving(info):
             return await self.engine.chat(body)
 
-    async def stream(self, body: dict[str, Any], info: RequestInfo) -> AsyncIterator[dict[str, Any]]:
+    async def stream(
+        self, body: dict[str, Any], info: RequestInfo
+    ) -> AsyncIterator[dict[str, Any]]:
         async with self._serving(info):
             async for chunk in self.engine.stream(body):
                 yield chunk
 
     async def batch(
-        self, bodies: Sequence[dict[str, Any]], info: RequestInfo, max_concurrency: int | None = None
+        self,
+        bodies: Sequence[dict[str, Any]],
+        info: RequestInfo,
+        max_concurrency: int | None = None,
     ) -> list[dict[str, Any] | EngineError]:
         async with self._serving(info):
             results = await self.engine.batch(bodies, max_concurrency)

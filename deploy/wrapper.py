@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -93,7 +93,10 @@ class _RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
             await send(message)
 
         length = headers.get(b"content-length")
@@ -122,7 +125,9 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
     """The wrapper app over ``transport``; ``settings`` default to the environment's."""
     settings = settings or Settings()
     metrics = Metrics()
-    api_key = settings.wrapper_api_key.get_secret_value().encode() if settings.wrapper_api_key else None
+    api_key = (
+        settings.wrapper_api_key.get_secret_value().encode() if settings.wrapper_api_key else None
+    )
     model_name = transport.model_name
 
     @asynccontextmanager
@@ -146,7 +151,9 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
         if api_key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key):
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.strip().encode(), api_key
+        ):
             raise _AuthError()
 
     auth = [Depends(require_api_key)]
@@ -232,7 +239,9 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
     async def models() -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "vllm-autoscale"}],
+            "data": [
+                {"id": model_name, "object": "model", "created": 0, "owned_by": "vllm-autoscale"}
+            ],
         }
 
     # -- inference ------------------------------------------------------------------------------
@@ -271,7 +280,9 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
             "x-engine-ms": str(meta["engine_ms"]),
         }
 
-    async def complete(request: Request, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def complete(
+        request: Request, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         info, started = RequestInfo(), time.perf_counter()
         result = await transport.chat(body, info)
         metrics.count_usage(result.get("usage"))
@@ -316,7 +327,11 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
         # status; a cold start holds the first chunk back, and then the stream starts with
         # heartbeats instead.
         done, _ = await asyncio.wait({first}, timeout=settings.heartbeat_interval)
-        if done and first.exception() is not None and not isinstance(first.exception(), StopAsyncIteration):
+        if (
+            done
+            and first.exception() is not None
+            and not isinstance(first.exception(), StopAsyncIteration)
+        ):
             await source.aclose()  # type: ignore[attr-defined]
             exc = first.exception()
             if isinstance(exc, EngineError):
@@ -340,7 +355,9 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
                         item["vllm_autoscale"] = request_meta(request, info, started)
                     yield _sse(item)
             except EngineError as exc:
-                log.warning("stream failed: %s", exc.message, extra={"request_id": request.state.request_id})
+                log.warning(
+                    "stream failed: %s", exc.message, extra={"request_id": request.state.request_id}
+                )
                 yield _sse(exc.to_body())
             yield _DONE
 

@@ -1,0 +1,234 @@
+"""HTTP to the wrapper: one sync client per model instance, one async client per event loop,
+retries with backoff that honour ``Retry-After`` (cold starts answer 503), redirects followed
+(Modal answers requests longer than 150 s with a 303), and SSE parsing that skips comments
+(the wrapper's keep-alives while the GPU wakes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+
+from langchain_vllm_autoscale._exceptions import (
+    APIConnectionError,
+    APITimeoutError,
+    VLLMAutoscaleError,
+    error_from_response,
+)
+
+__all__ = ["ServiceClient"]
+
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+_MAX_BACKOFF = 30.0
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    if response is None:
+        return None
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _backoff(attempt: int, response: httpx.Response | None) -> float:
+    hinted = _retry_after(response)
+    if hinted is not None:
+        return min(hinted, _MAX_BACKOFF * 2)
+    return min(_MAX_BACKOFF, 0.5 * 2**attempt) * (0.5 + random.random() / 2)
+
+
+def _error(response: httpx.Response, body: bytes) -> VLLMAutoscaleError:
+    try:
+        payload: Any = json.loads(body)
+    except ValueError:
+        payload = body.decode(errors="replace")
+    return error_from_response(response.status_code, payload, response.headers.get("x-request-id"))
+
+
+def _transport_error(exc: httpx.HTTPError, timeout: float) -> VLLMAutoscaleError:
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(
+            f"no answer within {timeout:g} s ({type(exc).__name__}); a first cold start can take "
+            "minutes: raise `timeout` or call `warmup()` first"
+        )
+    return APIConnectionError(f"cannot reach the service: {exc!r}")
+
+
+def _retryable(exc: httpx.HTTPError) -> bool:
+    # Nothing reached the engine: safe to send again.
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError))
+
+
+def _sse_data(line: str) -> dict[str, Any] | bool | None:
+    """One SSE line: a dict for a data event, True at ``[DONE]``, None for anything else."""
+    if not line.startswith("data:"):
+        return None  # blank separators, comments (": keep-alive"), event names
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return True
+    payload = json.loads(data)
+    if isinstance(payload, dict) and "error" in payload and not payload.get("choices"):
+        raise error_from_response(int(payload["error"].get("code") or 503), payload)
+    return payload
+
+
+class ServiceClient:
+    """The wrapper's HTTP API as seen from the chat model."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        timeout: float,
+        connect_timeout: float,
+        max_retries: int,
+        headers: dict[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._headers = {"user-agent": "langchain-vllm-autoscale", **(headers or {})}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._async_transport = async_transport
+        self._sync = httpx.Client(
+            base_url=self.base_url, headers=self._headers, timeout=self._timeout,
+            follow_redirects=True, transport=transport,
+        )  # fmt: skip
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- clients ------------------------------------------------------------------------------
+
+    def _async_client(self) -> httpx.AsyncClient:
+        # httpx's async pool is bound to the loop that opened its connections.
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(
+                base_url=self.base_url, headers=self._headers, timeout=self._timeout,
+                follow_redirects=True, transport=self._async_transport,
+            )  # fmt: skip
+            self._async[loop] = client
+        return client
+
+    def close(self) -> None:
+        self._sync.close()
+
+    async def aclose(self) -> None:
+        client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+    # -- plain JSON -----------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self._sync.request(method, path, json=body)
+            except httpx.HTTPError as exc:
+                if attempt < self.max_retries and _retryable(exc):
+                    time.sleep(_backoff(attempt, None))
+                    continue
+                raise _transport_error(exc, self.timeout) from exc
+            if response.status_code in RETRY_STATUS and attempt < self.max_retries:
+                time.sleep(_backoff(attempt, response))
+                continue
+            return self._decode(response)
+        raise AssertionError("unreachable")
+
+    async def arequest(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        client = self._async_client()
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = await client.request(method, path, json=body)
+            except httpx.HTTPError as exc:
+                if attempt < self.max_retries and _retryable(exc):
+                    await asyncio.sleep(_backoff(attempt, None))
+                    continue
+                raise _transport_error(exc, self.timeout) from exc
+            if response.status_code in RETRY_STATUS and attempt < self.max_retries:
+                await asyncio.sleep(_backoff(attempt, response))
+                continue
+            return self._decode(response)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _decode(response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            raise _error(response, response.content)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise error_from_response(
+                502, f"the service answered with non-JSON: {response.text[:200]!r}"
+            ) from exc
+
+    # -- server-sent events ---------------------------------------------------------------------
+
+    def stream(self, path: str, body: Any) -> Iterator[dict[str, Any]]:
+        """POST and yield each SSE data event; retries only before the first byte arrives."""
+        yielded = False
+        for attempt in range(self.max_retries + 1):
+            try:
+                with self._sync.stream("POST", path, json=body) as response:
+                    if response.status_code >= 400:
+                        content = response.read()
+                        if response.status_code in RETRY_STATUS and attempt < self.max_retries:
+                            time.sleep(_backoff(attempt, response))
+                            continue
+                        raise _error(response, content)
+                    for line in response.iter_lines():
+                        event = _sse_data(line)
+                        if event is True:
+                            return
+                        if event is not None:
+                            yielded = True
+                            yield event  # type: ignore[misc]
+                    return
+            except httpx.HTTPError as exc:
+                # Once output was handed out, sending again would repeat it: fail instead.
+                if attempt < self.max_retries and _retryable(exc) and not yielded:
+                    time.sleep(_backoff(attempt, None))
+                    continue
+                raise _transport_error(exc, self.timeout) from exc
+
+    async def astream(self, path: str, body: Any) -> AsyncIterator[dict[str, Any]]:
+        client = self._async_client()
+        yielded = False
+        for attempt in range(self.max_retries + 1):
+            try:
+                async with client.stream("POST", path, json=body) as response:
+                    if response.status_code >= 400:
+                        content = await response.aread()
+                        if response.status_code in RETRY_STATUS and attempt < self.max_retries:
+                            await asyncio.sleep(_backoff(attempt, response))
+                            continue
+                        raise _error(response, content)
+                    async for line in response.aiter_lines():
+                        event = _sse_data(line)
+                        if event is True:
+                            return
+                        if event is not None:
+                            yielded = True
+                            yield event  # type: ignore[misc]
+                    return
+            except httpx.HTTPError as exc:
+                # Once output was handed out, sending again would repeat it: fail instead.
+                if attempt < self.max_retries and _retryable(exc) and not yielded:
+                    await asyncio.sleep(_backoff(attempt, None))
+                    continue
+                raise _transport_error(exc, self.timeout) from exc

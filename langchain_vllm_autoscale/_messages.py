@@ -1,0 +1,186 @@
+"""Pure conversions between LangChain messages and the OpenAI wire format the wrapper speaks.
+
+No I/O here: every function is unit-tested without a server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    convert_to_openai_messages,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.output_parsers.openai_tools import make_invalid_tool_call, parse_tool_call
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+
+__all__ = [
+    "PROVIDER",
+    "StreamState",
+    "chat_result_from_response",
+    "dumps_body",
+    "to_openai_messages",
+    "usage_from_openai",
+]
+
+PROVIDER = "vllm-autoscale"
+
+
+def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages as OpenAI chat messages (tool calls, tool results, content parts)."""
+    converted = convert_to_openai_messages(list(messages), text_format="string")
+    out: list[dict[str, Any]] = converted if isinstance(converted, list) else [converted]
+    for message in out:
+        # An assistant turn that only calls tools has no text: OpenAI's shape allows null,
+        # chat templates render "" fine either way.
+        if message.get("role") == "assistant" and message.get("content") is None:
+            message["content"] = ""
+    return out
+
+
+def usage_from_openai(usage: dict[str, Any] | None) -> UsageMetadata | None:
+    """OpenAI ``usage`` as LangChain ``UsageMetadata`` (None when the server sent none)."""
+    if not usage:
+        return None
+    input_tokens = int(usage.get("prompt_tokens") or 0)
+    output_tokens = int(usage.get("completion_tokens") or 0)
+    metadata = UsageMetadata(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=int(usage.get("total_tokens") or input_tokens + output_tokens),
+    )
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    if cached:
+        metadata["input_token_details"] = {"cache_read": int(cached)}
+    return metadata
+
+
+def _tool_calls(raw_calls: list[dict[str, Any]] | None) -> tuple[list[Any], list[Any]]:
+    tool_calls, invalid = [], []
+    for raw in raw_calls or []:
+        try:
+            parsed = parse_tool_call(raw, return_id=True)
+        except Exception as exc:
+            invalid.append(make_invalid_tool_call(raw, str(exc)))
+            continue
+        if parsed:
+            tool_calls.append(parsed)
+    return tool_calls, invalid
+
+
+def _response_metadata(payload: dict[str, Any], choice: dict[str, Any] | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"model_provider": PROVIDER}
+    for key in ("model", "id", "system_fingerprint"):
+        if payload.get(key) is not None:
+            meta["model_name" if key == "model" else key] = payload[key]
+    if choice is not None:
+        if choice.get("finish_reason") is not None:
+            meta["finish_reason"] = choice["finish_reason"]
+        if choice.get("logprobs") is not None:
+            meta["logprobs"] = choice["logprobs"]
+    if payload.get("vllm_autoscale"):
+        # The wrapper's own facts: request id, cold start, queue wait, engine time, cost.
+        meta["service"] = payload["vllm_autoscale"]
+    return meta
+
+
+def chat_result_from_response(payload: dict[str, Any]) -> ChatResult:
+    """A non-streamed chat completion as a ``ChatResult`` (one generation per choice)."""
+    usage = usage_from_openai(payload.get("usage"))
+    generations = []
+    for choice in payload.get("choices") or []:
+        raw = choice.get("message") or {}
+        tool_calls, invalid = _tool_calls(raw.get("tool_calls"))
+        message = AIMessage(
+            content=raw.get("content") or "",
+            tool_calls=tool_calls,
+            invalid_tool_calls=invalid,
+            usage_metadata=usage,
+            response_metadata=_response_metadata(payload, choice),
+            id=payload.get("id"),
+        )
+        if raw.get("reasoning") or raw.get("reasoning_content"):
+            message.additional_kwargs["reasoning_content"] = raw.get("reasoning") or raw.get(
+                "reasoning_content"
+            )
+        info = {"finish_reason": choice.get("finish_reason")}
+        if choice.get("logprobs") is not None:
+            info["logprobs"] = choice["logprobs"]
+        generations.append(ChatGeneration(message=message, generation_info=info))
+    llm_output = {
+        "model_name": payload.get("model"),
+        "token_usage": payload.get("usage"),
+        "system_fingerprint": payload.get("system_fingerprint"),
+    }
+    return ChatResult(generations=generations, llm_output=llm_output)
+
+
+class StreamState:
+    """Turns SSE chunks into ``ChatGenerationChunk``s.
+
+    Content and tool-call deltas become chunks as they arrive; usage, model name and finish
+    reason are collected and put on exactly one final chunk (``final_chunk``), so that merged
+    chunks carry each of them once.
+    """
+
+    def __init__(self) -> None:
+        self.payload: dict[str, Any] = {}
+        self.finish_reason: str | None = None
+        self.usage: UsageMetadata | None = None
+
+    def feed(self, event: dict[str, Any]) -> ChatGenerationChunk | None:
+        for key in ("id", "model", "system_fingerprint", "vllm_autoscale"):
+            if event.get(key) is not None:
+                self.payload[key] = event[key]
+        usage = usage_from_openai(event.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        choices = event.get("choices") or []
+        if not choices:
+            return None
+        choice = choices[0]
+        if choice.get("finish_reason") is not None:
+            self.finish_reason = choice["finish_reason"]
+        delta = choice.get("delta") or {}
+        chunks = [
+            tool_call_chunk(
+                name=(call.get("function") or {}).get("name"),
+                args=(call.get("function") or {}).get("arguments"),
+                id=call.get("id"),
+                index=int(call.get("index", i)),
+            )
+            for i, call in enumerate(delta.get("tool_calls") or [])
+        ]
+        content = delta.get("content") or ""
+        logprobs = choice.get("logprobs")
+        if not content and not chunks and logprobs is None:
+            return None
+        message = AIMessageChunk(content=content, tool_call_chunks=chunks, id=event.get("id"))
+        info = None
+        if logprobs is not None:
+            message.response_metadata["logprobs"] = logprobs
+            info = {"logprobs": logprobs}
+        return ChatGenerationChunk(message=message, generation_info=info)
+
+    def final_chunk(self) -> ChatGenerationChunk:
+        meta = _response_metadata(self.payload, {"finish_reason": self.finish_reason})
+        message = AIMessageChunk(
+            content="",
+            usage_metadata=self.usage,
+            response_metadata=meta,
+            id=self.payload.get("id"),
+            chunk_position="last",
+        )
+        info = {"finish_reason": self.finish_reason} if self.finish_reason else None
+        return ChatGenerationChunk(message=message, generation_info=info)
+
+
+def dumps_body(body: dict[str, Any]) -> str:
+    """A stable key for a request body (the batch prefetch matches requests by it)."""
+    return json.dumps(body, sort_keys=True, default=str)
