@@ -80,6 +80,14 @@ def _sse_data(line: str) -> dict[str, Any] | bool | None:
     return payload
 
 
+async def _close_with_loop(client: httpx.AsyncClient) -> AsyncIterator[None]:
+    try:
+        while True:
+            yield
+    finally:
+        await client.aclose()
+
+
 class ServiceClient:
     """The wrapper's HTTP API as seen from the chat model."""
 
@@ -103,35 +111,53 @@ class ServiceClient:
             self._headers["authorization"] = f"Bearer {api_key}"
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._async_transport = async_transport
-        self._sync = httpx.Client(
-            base_url=self.base_url, headers=self._headers, timeout=self._timeout,
-            follow_redirects=True, transport=transport,
-        )  # fmt: skip
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._transport = transport
+        self._sync_client: httpx.Client | None = None
+        self._async: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, AsyncIterator[None]]
+        ] = weakref.WeakKeyDictionary()
 
     # -- clients ------------------------------------------------------------------------------
 
-    def _async_client(self) -> httpx.AsyncClient:
-        # httpx's async pool is bound to the loop that opened its connections.
-        loop = asyncio.get_running_loop()
-        client = self._async.get(loop)
-        if client is None or client.is_closed:
-            client = httpx.AsyncClient(
+    @property
+    def _sync(self) -> httpx.Client:
+        # Built on first use: creating a model stays cheap (an httpx client builds an SSL
+        # context).
+        if self._sync_client is None:
+            self._sync_client = httpx.Client(
                 base_url=self.base_url, headers=self._headers, timeout=self._timeout,
-                follow_redirects=True, transport=self._async_transport,
+                follow_redirects=True, transport=self._transport,
             )  # fmt: skip
-            self._async[loop] = client
+            # A model dropped without close() must not leak its sockets.
+            weakref.finalize(self, self._sync_client.close)
+        return self._sync_client
+
+    async def _async_client(self) -> httpx.AsyncClient:
+        # httpx's async pool is bound to the loop that opened its connections, so each loop
+        # gets its own client.
+        loop = asyncio.get_running_loop()
+        entry = self._async.get(loop)
+        if entry is not None and not entry[0].is_closed:
+            return entry[0]
+        client = httpx.AsyncClient(
+            base_url=self.base_url, headers=self._headers, timeout=self._timeout,
+            follow_redirects=True, transport=self._async_transport,
+        )  # fmt: skip
+        # The loop closes its open async generators before it closes (asyncio.run, pytest):
+        # this one closes the client then, so no socket outlives its loop.
+        closer = _close_with_loop(client)
+        await closer.__anext__()
+        self._async[loop] = (client, closer)
         return client
 
     def close(self) -> None:
-        self._sync.close()
+        if self._sync_client is not None:
+            self._sync_client.close()
 
     async def aclose(self) -> None:
-        client = self._async.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        entry = self._async.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[0].aclose()
 
     # -- plain JSON -----------------------------------------------------------------------------
 
@@ -151,7 +177,7 @@ class ServiceClient:
         raise AssertionError("unreachable")
 
     async def arequest(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        client = self._async_client()
+        client = await self._async_client()
         for attempt in range(self.max_retries + 1):
             try:
                 response = await client.request(method, path, json=body)
@@ -207,7 +233,7 @@ class ServiceClient:
                 raise _transport_error(exc, self.timeout) from exc
 
     async def astream(self, path: str, body: Any) -> AsyncIterator[dict[str, Any]]:
-        client = self._async_client()
+        client = await self._async_client()
         yielded = False
         for attempt in range(self.max_retries + 1):
             try:

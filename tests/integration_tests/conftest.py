@@ -1,0 +1,53 @@
+"""One live local stack per test session: real vLLM (CPU) + the real wrapper, started through
+``LocalStack``, the same code ``vllm-autoscale serve --local`` runs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from deploy.config import Settings
+from deploy.local_stack import LocalStack
+
+API_KEY = "test-key-" + os.urandom(8).hex()
+ENGINE_LOG = Path(tempfile.gettempdir()) / f"vllm-autoscale-test-engine-{os.getpid()}.log"
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    settings = Settings(wrapper_api_key=SecretStr(API_KEY), heartbeat_interval=2.0)
+    # The engine stays up for the whole session (scaledown 0 = never); tests that need a cold
+    # engine stop it themselves.
+    with LocalStack(settings=settings, scaledown_window=0, warm=True, engine_log=ENGINE_LOG) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def base_url(stack: LocalStack) -> str:
+    return stack.url
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    return API_KEY
+
+
+@pytest.fixture
+def http(stack: LocalStack) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=stack.url, headers={"authorization": f"Bearer {API_KEY}"}, timeout=120
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def warm_stack(stack: LocalStack) -> LocalStack:
+    """The stack with its engine running (restarted if an earlier test stopped it)."""
+    stack.wait_warm()
+    return stack
