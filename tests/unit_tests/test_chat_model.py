@@ -76,7 +76,9 @@ def test_messages_round_trip_to_openai_shape() -> None:
         [
             SystemMessage("Be brief."),
             HumanMessage("Weather in Paris?"),
-            AIMessage("", tool_calls=[{"name": "GetWeather", "args": {"city": "Paris"}, "id": "c1"}]),
+            AIMessage(
+                "", tool_calls=[{"name": "GetWeather", "args": {"city": "Paris"}, "id": "c1"}]
+            ),
             ToolMessage("sunny", tool_call_id="c1"),
         ],
         None,
@@ -156,7 +158,11 @@ def test_serialization_round_trip_keeps_secret_out() -> None:
     llm = make(model="m", api_key="sk-hidden", temperature=0.1)
     text = dumps(llm)
     assert "sk-hidden" not in text
-    assert dumpd(llm)["kwargs"]["api_key"] == {"lc": 1, "type": "secret", "id": ["VLLM_AUTOSCALE_API_KEY"]}
+    assert dumpd(llm)["kwargs"]["api_key"] == {
+        "lc": 1,
+        "type": "secret",
+        "id": ["VLLM_AUTOSCALE_API_KEY"],
+    }
     revived = load(
         json.loads(text),
         secrets_map={"VLLM_AUTOSCALE_API_KEY": "sk-hidden"},
