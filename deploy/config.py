@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4_000_000, ge=1024)
     max_messages: int = Field(default=1024, ge=1)
     max_tokens_limit: int = Field(default=8192, ge=1)
+    """Largest ``max_tokens`` a request may ask for."""
+    default_max_tokens: int | None = Field(default=None, ge=1)
+    """``max_tokens`` for requests that set none (None: up to the context length)."""
     max_batch: int = Field(default=256, ge=1)
     """Requests in one batch call."""
     gpu_price_per_hour: float = Field(default=2.50, ge=0)

@@ -104,3 +104,18 @@ class BatchRequest(BaseModel):
 
     requests: list[ChatCompletionRequest] = Field(min_length=1)
     max_concurrency: int | None = Field(default=None, ge=1)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int | str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the wrapper answers: OpenAI's shape (validation errors add ``detail``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: ErrorDetail

@@ -9,15 +9,16 @@ request ids, metrics, logs, SSE heartbeats while the GPU wakes) and never needs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,13 +28,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deploy.config import SERVICE_NAME, SERVICE_VERSION, Settings
 from deploy.errors import EngineError, error_body
 from deploy.metrics import Metrics
-from deploy.protocol import BatchRequest, ChatCompletionRequest, ChatRequest
+from deploy.protocol import BatchRequest, ChatCompletionRequest, ChatRequest, ErrorResponse
 from deploy.transport import EngineTransport, RequestInfo
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("vllm_autoscale.wrapper")
 
+T = TypeVar("T")
+
+# Documented in the OpenAPI schema, so clients (and schema fuzzers) know every answer.
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
+_INFERENCE_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429, 503)
+}
 _HEARTBEAT = object()
 _DONE = b"data: [DONE]\n\n"
 
@@ -79,6 +87,24 @@ class _RequestContext:
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
 
+    async def _buffer_body(self, receive: Receive) -> tuple[Receive, bool]:
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_body_bytes:
+                return receive, True
+        replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks)}]
+
+        async def replayed() -> Message:
+            return replay.pop() if replay else await receive()
+
+        return replayed, False
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -100,7 +126,11 @@ class _RequestContext:
             await send(message)
 
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+        too_large = length is not None and length.isdigit() and int(length) > self.max_body_bytes
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            # A chunked body has no length up front: read it (up to the limit) and replay it.
+            receive, too_large = await self._buffer_body(receive)
+        if too_large:
             response = JSONResponse(
                 error_body(f"request body exceeds {self.max_body_bytes} bytes", param="body"),
                 status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -179,6 +209,10 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
         body["detail"] = json.loads(json.dumps(errors, default=str))
         return JSONResponse(body, status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
 
+    @app.exception_handler(_ClientGone)
+    async def _client_gone(_: Request, __: _ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
     @app.exception_handler(InvalidRequest)
     async def _invalid_request(_: Request, exc: InvalidRequest) -> JSONResponse:
         return JSONResponse(
@@ -216,26 +250,26 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
             "engine_state": status.state,
         }
 
-    @app.get("/status", dependencies=auth)
+    @app.get("/status", dependencies=auth, responses=_AUTH_ERRORS)
     async def status() -> dict[str, Any]:
         st = await transport.status()
         metrics.queue_depth.set(st.queue_depth)
         metrics.cold_starts.set(st.cold_starts)
         return {"model": model_name, **st.to_dict()}
 
-    @app.post("/warmup", dependencies=auth, status_code=HTTPStatus.ACCEPTED)
+    @app.post("/warmup", dependencies=auth, status_code=HTTPStatus.ACCEPTED, responses=_AUTH_ERRORS)
     async def warmup() -> dict[str, Any]:
         st = await transport.warmup()
         return {"model": model_name, **st.to_dict()}
 
-    @app.get("/metrics", dependencies=auth)
+    @app.get("/metrics", dependencies=auth, responses=_AUTH_ERRORS)
     async def metrics_route() -> Response:
         st = await transport.status()
         metrics.queue_depth.set(st.queue_depth)
         metrics.cold_starts.set(st.cold_starts)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models", dependencies=auth)
+    @app.get("/v1/models", dependencies=auth, responses=_AUTH_ERRORS)
     async def models() -> dict[str, Any]:
         return {
             "object": "list",
@@ -264,6 +298,13 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
                 HTTPStatus.NOT_FOUND,
             )
 
+    def with_default_max_tokens(body: dict[str, Any]) -> dict[str, Any]:
+        if settings.default_max_tokens and not (
+            body.get("max_tokens") or body.get("max_completion_tokens")
+        ):
+            body["max_tokens"] = settings.default_max_tokens
+        return body
+
     def request_meta(request: Request, info: RequestInfo, started: float) -> dict[str, Any]:
         total = time.perf_counter() - started
         return {
@@ -284,13 +325,14 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
         request: Request, body: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         info, started = RequestInfo(), time.perf_counter()
-        result = await transport.chat(body, info)
+        result = await _cancel_on_disconnect(request, transport.chat(body, info))
         metrics.count_usage(result.get("usage"))
         return result, request_meta(request, info, started)
 
-    @app.post("/chat", dependencies=auth)
+    @app.post("/chat", dependencies=auth, responses=_INFERENCE_ERRORS)
     async def chat(req: ChatRequest, request: Request) -> JSONResponse:
-        result, meta = await complete(request, {**req.to_openai(), "model": model_name})
+        body = with_default_max_tokens({**req.to_openai(), "model": model_name})
+        result, meta = await complete(request, body)
         choice = (result.get("choices") or [{}])[0]
         message = choice.get("message") or {}
         return JSONResponse(
@@ -305,10 +347,21 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
             headers=meta_headers(meta),
         )
 
-    @app.post("/v1/chat/completions", dependencies=auth, response_model=None)
+    @app.post(
+        "/v1/chat/completions",
+        dependencies=auth,
+        response_model=None,
+        responses={
+            **_INFERENCE_ERRORS,
+            200: {
+                "description": "A chat completion, or with stream=true a text/event-stream",
+                "content": {"application/json": {}, "text/event-stream": {}},
+            },
+        },
+    )
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
         check_limits(req)
-        body = req.to_engine(model_name)
+        body = with_default_max_tokens(req.to_engine(model_name))
         if not req.stream:
             result, meta = await complete(request, body)
             result["vllm_autoscale"] = meta
@@ -367,7 +420,7 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
-    @app.post("/v1/chat/completions/batch", dependencies=auth)
+    @app.post("/v1/chat/completions/batch", dependencies=auth, responses=_INFERENCE_ERRORS)
     async def chat_batch(req: BatchRequest, request: Request) -> JSONResponse:
         if len(req.requests) > settings.max_batch:
             raise InvalidRequest(f"at most {settings.max_batch} requests per batch", "requests")
@@ -376,8 +429,9 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
             if item.stream:
                 raise InvalidRequest("a batch cannot stream", f"requests.{i}.stream")
         info, started = RequestInfo(), time.perf_counter()
-        results = await transport.batch(
-            [r.to_engine(model_name) for r in req.requests], info, req.max_concurrency
+        bodies = [with_default_max_tokens(r.to_engine(model_name)) for r in req.requests]
+        results = await _cancel_on_disconnect(
+            request, transport.batch(bodies, info, req.max_concurrency)
         )
         out: list[dict[str, Any]] = []
         for i, result in enumerate(results):
@@ -400,6 +454,32 @@ class _AuthError(Exception):
     pass
 
 
+class _ClientGone(Exception):
+    """The caller disconnected; its engine work was cancelled."""
+
+
+async def _cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first (frees the engine)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        # The body is already read, so the next message is the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise _ClientGone()
+    return task.result()
+
+
 def _engine_error_response(exc: EngineError) -> JSONResponse:
     headers = {}
     if exc.retry_after is not None:
@@ -412,6 +492,3 @@ def _window_text(seconds: float) -> str:
         minutes = int(seconds // 60)
         return f"{minutes} minute{'s' if minutes != 1 else ''}"
     return f"{seconds:g} seconds"
-
-
-Handler = Callable[..., Awaitable[Any]]

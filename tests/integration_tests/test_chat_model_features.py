@@ -130,6 +130,17 @@ def test_forced_tool_call_and_tool_message_round_trip(llm) -> None:
     assert answer.text.strip() and not answer.tool_calls
 
 
+def test_unicode_tool_arguments(llm) -> None:
+    class CreateCustomer(BaseModel):
+        """Create a customer."""
+
+        customer_name: str
+
+    bound = llm.bind_tools([CreateCustomer], tool_choice="required")
+    ai = bound.invoke("Create a customer named '你好啊集团'.", max_tokens=60)
+    assert "你好" in ai.tool_calls[0]["args"]["customer_name"]
+
+
 def test_streamed_tool_call_chunks_have_integer_indexes(llm) -> None:
     bound = llm.bind_tools([GetWeather], tool_choice="required")
     chunks = list(bound.stream("Weather in Rome?", max_tokens=60))
