@@ -162,6 +162,7 @@ class VLLMEngine:
         """Start the server process without waiting for it (idempotent while it runs)."""
         if self.is_running():
             return
+        self.stop()  # reap a process that died and close its log before starting anew
         self.port = self.config.port or free_port(self.config.host)
         if self.config.log_file:
             self._log_path = Path(self.config.log_file)
@@ -187,6 +188,7 @@ class VLLMEngine:
 
     async def start(self, timeout: float | None = None) -> None:
         """Launch the server and wait until ``/health`` answers 200."""
+        await self.aclose()  # a session of an earlier process points at its old port
         self.launch()
         deadline = time.monotonic() + (timeout or self.config.startup_timeout)
         async with aiohttp.ClientSession() as probe:
