@@ -91,10 +91,15 @@ class LocalStack:
         self._loop = asyncio.get_running_loop()
         await self._server.serve()
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The wrapper's event loop (the transport and its engine client live there)."""
+        assert self._loop is not None, "the stack is not running"
+        return self._loop
+
     def call(self, fn: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         """Run a coroutine on the wrapper's event loop (transport methods live there)."""
-        assert self._loop is not None, "the stack is not running"
-        return asyncio.run_coroutine_threadsafe(fn(), self._loop).result(timeout)  # type: ignore[arg-type]
+        return asyncio.run_coroutine_threadsafe(fn(), self.loop).result(timeout)  # type: ignore[arg-type]
 
     def wait_warm(self, timeout: float | None = None) -> None:
         """Start the engine if it is cold and wait until it serves."""

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deploy.config import SERVICE_NAME, SERVICE_VERSION, Settings
@@ -209,6 +210,16 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
         body["detail"] = json.loads(json.dumps(errors, default=str))
         return JSONResponse(body, status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own errors (unparsable body, unknown route, wrong method) in our shape.
+        param = "body" if exc.status_code == HTTPStatus.BAD_REQUEST else None
+        return JSONResponse(
+            error_body(str(exc.detail), param=param, code=exc.status_code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
     @app.exception_handler(_ClientGone)
     async def _client_gone(_: Request, __: _ClientGone) -> Response:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
@@ -262,7 +273,9 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
         st = await transport.warmup()
         return {"model": model_name, **st.to_dict()}
 
-    @app.get("/metrics", dependencies=auth, responses=_AUTH_ERRORS)
+    @app.get(
+        "/metrics", dependencies=auth, responses=_AUTH_ERRORS, response_class=PlainTextResponse
+    )
     async def metrics_route() -> Response:
         st = await transport.status()
         metrics.queue_depth.set(st.queue_depth)
@@ -280,18 +293,18 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
 
     # -- inference ------------------------------------------------------------------------------
 
-    def check_limits(req: ChatCompletionRequest, prefix: str = "") -> None:
+    def check_limits(req: ChatCompletionRequest | ChatRequest, prefix: str = "") -> None:
         if len(req.messages) > settings.max_messages:
             raise InvalidRequest(
                 f"at most {settings.max_messages} messages per request", f"{prefix}messages"
             )
         for name in ("max_tokens", "max_completion_tokens"):
-            value = getattr(req, name)
+            value = getattr(req, name, None)
             if value is not None and value > settings.max_tokens_limit:
                 raise InvalidRequest(
                     f"{name} must be at most {settings.max_tokens_limit}", f"{prefix}{name}"
                 )
-        if req.model not in (None, "", model_name):
+        if getattr(req, "model", None) not in (None, "", model_name):
             raise InvalidRequest(
                 f"model {req.model!r} is not served here; this service serves {model_name!r}",
                 f"{prefix}model",
@@ -331,6 +344,7 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
 
     @app.post("/chat", dependencies=auth, responses=_INFERENCE_ERRORS)
     async def chat(req: ChatRequest, request: Request) -> JSONResponse:
+        check_limits(req)
         body = with_default_max_tokens({**req.to_openai(), "model": model_name})
         result, meta = await complete(request, body)
         choice = (result.get("choices") or [{}])[0]
@@ -447,7 +461,34 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
         )
 
     app.add_middleware(_RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    _document_limits(app, settings)
     return app
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Put the configured limits into the OpenAPI schema, so it says what is accepted."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        models = schema.get("components", {}).get("schemas", {})
+        for name in ("ChatRequest", "ChatCompletionRequest"):
+            props = models.get(name, {}).get("properties", {})
+            if "messages" in props:
+                props["messages"]["maxItems"] = settings.max_messages
+            for field in ("max_tokens", "max_completion_tokens"):
+                for branch in props.get(field, {}).get("anyOf", []):
+                    if branch.get("type") == "integer":
+                        branch["maximum"] = settings.max_tokens_limit
+        batch = models.get("BatchRequest", {}).get("properties", {})
+        if "requests" in batch:
+            batch["requests"]["maxItems"] = settings.max_batch
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class _AuthError(Exception):
