@@ -345,6 +345,17 @@ class VLLMEngine:
 
         return list(await asyncio.gather(*(one(b) for b in bodies)))
 
+    async def sleep(self, level: int = 1) -> None:
+        """Offload the weights and free the KV cache (needs ``enable_sleep_mode``): the state
+        a GPU memory snapshot is taken in."""
+        async with self._client().post("/sleep", params={"level": str(level)}) as resp:
+            await self._raise_for_status(resp)
+
+    async def wake_up(self) -> None:
+        """Load the weights back after ``sleep`` (a container restored from a snapshot)."""
+        async with self._client().post("/wake_up") as resp:
+            await self._raise_for_status(resp)
+
     async def health(self) -> bool:
         if not self.is_running():
             return False

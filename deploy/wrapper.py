@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deploy.config import SERVICE_NAME, SERVICE_VERSION, Settings
+from deploy.cost import request_cost
 from deploy.errors import EngineError, error_body
 from deploy.metrics import Metrics
 from deploy.protocol import BatchRequest, ChatCompletionRequest, ChatRequest, ErrorResponse
@@ -319,12 +320,19 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
         return body
 
     def request_meta(request: Request, info: RequestInfo, started: float) -> dict[str, Any]:
-        total = time.perf_counter() - started
+        engine_s = time.perf_counter() - started - info.queue_wait_s
         return {
             "request_id": request.state.request_id,
             "cold_start": info.cold_start,
             "queue_wait_ms": round(info.queue_wait_s * 1000, 1),
-            "engine_ms": round((total - info.queue_wait_s) * 1000, 1),
+            "engine_ms": round(engine_s * 1000, 1),
+            # At the configured GPU price: what this request would cost on the GPU tier.
+            "cost": request_cost(
+                engine_s,
+                info.queue_wait_s if info.cold_start else 0.0,
+                settings.gpu_price_per_hour,
+                settings.gpu_count,
+            ),
         }
 
     def meta_headers(meta: dict[str, Any]) -> dict[str, str]:

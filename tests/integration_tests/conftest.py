@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from pydantic import SecretStr
 
 from deploy.config import Settings
+from deploy.engine import free_port
 from deploy.local_stack import LocalStack
 
 API_KEY = "test-key-" + os.urandom(8).hex()
@@ -51,3 +57,23 @@ def warm_stack(stack: LocalStack) -> LocalStack:
     """The stack with its engine running (restarted if an earlier test stopped it)."""
     stack.wait_warm()
     return stack
+
+
+@contextlib.contextmanager
+def serve_on_stack(stack: LocalStack, app: FastAPI) -> Iterator[str]:
+    """Serve another app on the stack's event loop (where the engine's client lives), without
+    lifespan, so stopping it leaves the session's engine running. Yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    serving = asyncio.run_coroutine_threadsafe(server.serve(), stack.loop)
+    while not server.started:
+        if serving.done():
+            serving.result()
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        serving.result(30)

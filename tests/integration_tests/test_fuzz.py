@@ -4,23 +4,19 @@ a wrapper whose limits keep each generation to a few tokens."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from pydantic import SecretStr
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from deploy.config import Settings
-from deploy.engine import free_port
 from deploy.wrapper import create_app
-from tests.integration_tests.conftest import API_KEY
+from tests.integration_tests.conftest import API_KEY, serve_on_stack
 
 FUZZ_CASES = 40  # per operation
 SEEN: Counter = Counter()
@@ -38,19 +34,8 @@ def fuzz_url(stack) -> Iterator[str]:
         heartbeat_interval=2.0,
     )
     stack.wait_warm()
-    app = create_app(stack.transport, limits)
-    port = free_port()
-    # Served on the stack's own event loop, where the engine's transport lives; no lifespan,
-    # so stopping it leaves the session's engine running.
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    serving = asyncio.run_coroutine_threadsafe(server.serve(), stack.loop)
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    serving.result(30)
+    with serve_on_stack(stack, create_app(stack.transport, limits)) as url:
+        yield url
     print(f"\nfuzz: {sum(SEEN.values())} cases, status counts {dict(sorted(SEEN.items()))}")
 
 

@@ -1,0 +1,170 @@
+"""The Modal deployment, offline: no account, no network. The options asserted here are what
+``modal deploy`` sends (read from the objects the decorators built)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+from modal._utils.async_utils import synchronizer
+from pydantic import ValidationError
+
+from deploy.config import Settings
+
+SETTINGS_ENV = ("VLLM_MODEL", "VLLM_GPU", "VLLM_TENSOR_PARALLEL_SIZE", "VLLM_MODE",
+                "VLLM_GPU_SNAPSHOT", "VLLM_SCALEDOWN_WINDOW", "VLLM_MAX_NUM_SEQS")  # fmt: skip
+
+
+def load_app(monkeypatch, **env: str) -> Any:
+    """Import deploy.modal_app afresh under the given VLLM_* settings."""
+    for name in SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    sys.modules.pop("deploy.modal_app", None)
+    return importlib.import_module("deploy.modal_app")
+
+
+def deploy_options(obj: Any) -> dict[str, Any]:
+    """The options Modal will deploy a function or class with."""
+    if hasattr(obj, "_get_class_service_function"):
+        obj = obj._get_class_service_function()
+    impl = synchronizer._translate_in(obj)
+    return inspect.getclosurevars(impl._load).nonlocals
+
+
+def test_gpu_class_as_the_seed_describes(monkeypatch) -> None:
+    app = load_app(monkeypatch)
+    assert app.app.name == "vllm-autoscale"
+    opts = deploy_options(app.VLLMInference)
+    assert opts["tag"] == "VLLMInference.*"
+    assert opts["gpu"] == "A100-80GB"
+    assert opts["scaledown_window"] == 120  # GPU released after 2 idle minutes
+    assert opts["min_containers"] == 0  # scales to zero
+    assert opts["max_containers"] == 1
+    assert opts["max_concurrent_inputs"] == Settings().max_num_seqs == 64
+    assert opts["startup_timeout"] >= 15 * 60  # the first start downloads the weights
+    assert [repr(s) for s in opts["secrets"]] == ["modal.Secret.from_name('vllm-secrets')"]
+    volumes = dict(opts["validated_volumes_no_cloud_buckets"])
+    assert set(volumes) == {"/root/.cache/huggingface", "/root/.cache/vllm"}
+    assert opts["enable_memory_snapshot"] is False and opts["experimental_options"] == {}
+    methods = set(opts["method_definitions"])
+    assert methods == {"chat", "stream", "batch", "status"}
+
+
+def test_wrapper_is_always_on_without_gpu(monkeypatch) -> None:
+    app = load_app(monkeypatch)
+    opts = deploy_options(app.wrapper)
+    assert opts["gpu"] is None
+    assert opts["min_containers"] == 1
+    assert opts["webhook_config"] is not None  # an ASGI app
+    assert [repr(s) for s in opts["secrets"]] == ["modal.Secret.from_name('vllm-secrets')"]
+
+
+def test_engine_on_gpu_runs_llama_with_its_tool_parser(monkeypatch) -> None:
+    app = load_app(monkeypatch)
+    cmd = app.settings.gpu_engine_config().command(8001)
+    assert cmd[cmd.index("--model") + 1] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert cmd[cmd.index("--tool-call-parser") + 1] == "llama3_json"
+    template = Path(cmd[cmd.index("--chat-template") + 1])
+    assert template.is_file() and template.parent.name == "chat_templates"
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "1"
+
+
+def test_integrated_mode_keeps_one_gpu_warm(monkeypatch) -> None:
+    app = load_app(monkeypatch, VLLM_MODE="integrated")
+    assert deploy_options(app.VLLMInference)["min_containers"] == 1
+
+
+def test_70b_preset_uses_two_gpus_and_tensor_parallel(monkeypatch) -> None:
+    app = load_app(monkeypatch, VLLM_MODEL="meta-llama/Llama-3.1-70B-Instruct")
+    assert deploy_options(app.VLLMInference)["gpu"] == "A100-80GB:2"
+    cmd = app.settings.gpu_engine_config().command(8001)
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
+
+
+def test_settings_reach_the_class(monkeypatch) -> None:
+    app = load_app(monkeypatch, VLLM_SCALEDOWN_WINDOW="600", VLLM_MAX_NUM_SEQS="32")
+    opts = deploy_options(app.VLLMInference)
+    assert opts["scaledown_window"] == 600 and opts["max_concurrent_inputs"] == 32
+    assert app._settings_env()["VLLM_SCALEDOWN_WINDOW"] == "600"
+    assert "VLLM_WRAPPER_API_KEY" not in app._settings_env()
+
+
+def test_gpu_snapshot_setting(monkeypatch) -> None:
+    app = load_app(monkeypatch, VLLM_GPU_SNAPSHOT="true")
+    opts = deploy_options(app.VLLMInference)
+    assert opts["enable_memory_snapshot"] is True
+    assert opts["experimental_options"] == {"enable_gpu_snapshot": "True"}  # Modal stringifies
+    assert "--enable-sleep-mode" in app.settings.gpu_engine_config().command(8001)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"gpu": "A100-81GB"}, "is not a Modal GPU spec"),
+        ({"gpu": "A100-80GB:9"}, "is not a Modal GPU spec"),
+        ({"gpu": "A100-80GB", "tensor_parallel_size": 2}, "does not match the 1 GPU"),
+        ({"gpu": "H100:4", "tensor_parallel_size": 2}, "does not match the 4 GPU"),
+        ({"scaledown_window": 1}, "scaledown_window"),
+        ({"mode": "always"}, "mode"),
+    ],
+)
+def test_bad_settings_fail_clearly(env, message) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(**env)
+
+
+def test_good_multi_gpu_settings() -> None:
+    s = Settings(gpu="H100:4")
+    assert s.gpu_count == 4 and s.tp_size == 4
+
+
+def _render(template: str, **context: Any) -> str:
+    env = jinja2.Environment()
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent)
+    path = Path("deploy/chat_templates") / template
+    return env.from_string(path.read_text()).render(**context)
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+]
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "content": "sunny"},
+]  # fmt: skip
+
+
+def test_llama_template_renders_tools_calls_and_results() -> None:
+    text = _render(
+        "llama3.1_json_tools.jinja", messages=CONVERSATION, tools=TOOLS,
+        add_generation_prompt=True, bos_token="<|begin_of_text|>",
+    )  # fmt: skip
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n")
+    assert "Environment: ipython" in text and "Be brief." in text
+    assert '"name": "get_weather"' in text  # the tool list
+    assert '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>' in text
+    assert "<|start_header_id|>ipython<|end_header_id|>\n\nsunny<|eot_id|>" in text
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_chatml_template_renders_hermes_tool_calls() -> None:
+    text = _render(
+        "chatml_tools.jinja", messages=CONVERSATION, tools=TOOLS, add_generation_prompt=True
+    )
+    assert "<tools>" in text and "Be brief." in text
+    assert (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
+    )
+    assert "<tool_response>\nsunny\n</tool_response>" in text
+    assert text.endswith("<|im_start|>assistant\n")
