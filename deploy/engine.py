@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
 from deploy.errors import EngineError, EngineRequestError, EngineStartError, EngineUnavailable
 
@@ -251,7 +252,7 @@ class VLLMEngine:
                 base_url=self.base_url,
                 connector=aiohttp.TCPConnector(limit=0, force_close=False),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-                json_serialize=json.dumps,
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
             )
             self._session_loop = loop
         return self._session
@@ -288,7 +289,7 @@ class VLLMEngine:
         try:
             async with self._client().post("/v1/chat/completions", json=body) as resp:
                 await self._raise_for_status(resp)
-                return await resp.json(loads=json.loads)
+                return await resp.json(loads=orjson.loads)
         except EngineError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
@@ -313,7 +314,7 @@ class VLLMEngine:
                     if data == b"[DONE]":
                         done = True
                         break
-                    chunk = json.loads(data)
+                    chunk = orjson.loads(data)
                     if "error" in chunk and "choices" not in chunk:
                         err = chunk["error"]
                         raise EngineRequestError(

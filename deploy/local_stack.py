@@ -74,7 +74,12 @@ class LocalStack:
         """Serve the wrapper; with ``warm=True`` also wait until the engine is ready."""
 
         def serve() -> None:
-            asyncio.run(self._serve())
+            try:  # uvloop, as uvicorn itself would pick: the wrapper's hop is its hot path
+                import uvloop
+            except ImportError:
+                asyncio.run(self._serve())
+            else:
+                uvloop.run(self._serve())
 
         self._thread = threading.Thread(target=serve, name="vllm-autoscale-wrapper", daemon=True)
         self._thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -17,6 +18,7 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "vllm_autoscale_requests",
             "Requests by route and status",
@@ -38,6 +40,18 @@ class Metrics:
             "vllm_autoscale_queue_depth", "Requests waiting for the engine", registry=r
         )
         self.cold_starts = Gauge("vllm_autoscale_cold_starts", "Engine starts so far", registry=r)
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        # Label children are looked up once per (route, status): this runs on every request.
+        key = (route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, str(status)),
+                self.latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def count_usage(self, usage: dict | None) -> None:
         if usage:

@@ -248,7 +248,7 @@ class LocalTransport:
             scaledown_window=self.scaledown_window,
             last_request_at=self.last_request_at,
             last_error=self.last_error,
-            extra={"engine_pid": self.engine.pid},
+            extra={"engine_pid": self.engine.pid, "engine_url": self.engine.base_url},
         )
 
     async def warmup(self) -> EngineStatus:

@@ -9,7 +9,6 @@ request ids, metrics, logs, SSE heartbeats while the GPU wakes) and never needs 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -20,9 +19,17 @@ from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    JSONResponse,
+    ORJSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,6 +45,7 @@ __all__ = ["create_app"]
 log = logging.getLogger("vllm_autoscale.wrapper")
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 # Documented in the OpenAPI schema, so clients (and schema fuzzers) know every answer.
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
@@ -57,7 +65,21 @@ class InvalidRequest(Exception):
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _parse(model: type[M], raw: bytes) -> M:
+    """Validate a raw JSON body; errors take the same path as FastAPI's own validation."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+def _json_body(schema: str) -> dict[str, Any]:
+    """OpenAPI for a route that reads its JSON body itself."""
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
 async def _with_heartbeats(
@@ -143,8 +165,7 @@ class _RequestContext:
         elapsed = time.perf_counter() - started
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
-        self.metrics.requests.labels(path, str(status)).inc()
-        self.metrics.latency.labels(path).observe(elapsed)
+        self.metrics.observe_request(path, status, elapsed)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "request",
@@ -380,14 +401,18 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
                 "content": {"application/json": {}, "text/event-stream": {}},
             },
         },
+        openapi_extra=_json_body("ChatCompletionRequest"),
     )
-    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
+    async def chat_completions(request: Request) -> Response:
+        # The hot path: pydantic parses and validates the raw bytes in one step (no
+        # json.loads, no FastAPI body machinery).
+        req = _parse(ChatCompletionRequest, await request.body())
         check_limits(req)
         body = with_default_max_tokens(req.to_engine(model_name))
         if not req.stream:
             result, meta = await complete(request, body)
             result["vllm_autoscale"] = meta
-            return JSONResponse(result, headers=meta_headers(meta))
+            return ORJSONResponse(result, headers=meta_headers(meta))
         return await stream_response(request, body)
 
     async def stream_response(request: Request, body: dict[str, Any]) -> Response:
@@ -509,24 +534,30 @@ class _ClientGone(Exception):
 
 async def _cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``, cancelling it if the client disconnects first (frees the engine)."""
-    task = asyncio.ensure_future(work)
+    handler = asyncio.current_task()
+    gone = False
 
-    async def disconnected() -> None:
+    async def watch() -> None:
+        nonlocal gone
         # The body is already read, so the next message is the disconnect.
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        gone = True
+        if handler is not None:
+            handler.cancel()
 
-    watcher = asyncio.ensure_future(disconnected())
+    # One watcher task; the work itself runs in the handler's task (no extra task per call).
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            if handler is not None and hasattr(handler, "uncancel"):
+                handler.uncancel()  # this cancel was ours, not the server's
+            raise _ClientGone() from None
+        raise
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise _ClientGone()
-    return task.result()
 
 
 def _engine_error_response(exc: EngineError) -> JSONResponse:

@@ -1,0 +1,415 @@
+"""Benchmarks: the wrapper's cost over direct vLLM, and the client's over ChatOpenAI.
+
+    python -m benchmarks.run [--quick] [--out benchmarks/results]
+
+Starts the local stack (real vLLM on CPU behind the wrapper), a zero-compute stub upstream and
+a wrapper over that stub, each in its own process, then measures side by side, alternating
+the two paths of each comparison so that machine noise hits both alike. Reports ratios and
+differences, never absolute speeds alone. Writes results.json, results.md and results.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deploy.engine import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+PROMPT = [{"role": "user", "content": "Say ok."}]
+
+TARGETS = {
+    "hop_added_p50_ms": ("<=", 0.5),
+    "hop_added_p99_ms": ("<=", 1.5),
+    "ttft_ratio": ("<=", 1.05),
+    "throughput_ratio": (">=", 0.95),
+    "client_ratio": ("<=", 1.0),
+    "batch_speedup": (">=", 3.0),
+}
+
+
+@dataclass
+class Sizes:
+    hop: int = 300
+    stub_hop: int = 2000
+    stream_rounds: int = 3
+    stream_tokens: int = 64
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    client: int = 100
+    batch: int = 16
+    batch_tokens: int = 32
+
+
+QUICK = Sizes(hop=20, stub_hop=100, stream_rounds=1, stream_tokens=8, concurrency=(1, 4),
+              client=10, batch=4, batch_tokens=4)  # fmt: skip
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def alternate(
+    a: Callable[[], Any], b: Callable[[], Any], n: int
+) -> tuple[list[float], list[float]]:
+    """Time ``a`` and ``b`` n times each, interleaved; seconds per call."""
+    ta, tb = [], []
+    for i in range(n):
+        for fn, out in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return ta, tb
+
+
+def bench_hop(
+    direct: str, wrapper: str, headers: dict[str, str], n: int, model: str = MODEL
+) -> dict[str, float]:
+    """One non-streamed request, max_tokens=1: added latency of the wrapper's hop."""
+    body = {"model": model, "messages": PROMPT, "max_tokens": 1, "temperature": 0}
+    with httpx.Client(timeout=60) as client:
+
+        def call(url: str) -> Callable[[], None]:
+            def go() -> None:
+                client.post(
+                    url + "/v1/chat/completions", json=body, headers=headers
+                ).raise_for_status()
+
+            return go
+
+        for _ in range(5):  # warm connections and caches
+            call(direct)()
+            call(wrapper)()
+        d, w = alternate(call(direct), call(wrapper), n)
+    ms = lambda xs, q: pct(xs, q) * 1000  # noqa: E731
+    return {
+        "n": n,
+        "direct_p50_ms": ms(d, 50),
+        "direct_p99_ms": ms(d, 99),
+        "wrapper_p50_ms": ms(w, 50),
+        "wrapper_p99_ms": ms(w, 99),
+        "added_p50_ms": ms(w, 50) - ms(d, 50),
+        "added_p99_ms": ms(w, 99) - ms(d, 99),
+    }
+
+
+async def _streams(
+    url: str, headers: dict[str, str], concurrency: int, tokens: int
+) -> dict[str, float]:
+    body = {
+        "model": MODEL, "messages": PROMPT, "max_tokens": tokens, "temperature": 0,
+        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+    }  # fmt: skip
+
+    async def one(client: httpx.AsyncClient) -> tuple[float, int]:
+        start = time.perf_counter()
+        ttft, produced = None, 0
+        async with client.stream(
+            "POST", url + "/v1/chat/completions", json=body, headers=headers
+        ) as r:
+            async for line in r.aiter_lines():
+                if not line.startswith("data:") or line.endswith("[DONE]"):
+                    continue
+                event = json.loads(line[5:])
+                if (
+                    ttft is None
+                    and event.get("choices")
+                    and event["choices"][0]["delta"].get("content")
+                ):
+                    ttft = time.perf_counter() - start
+                if event.get("usage"):
+                    produced = event["usage"]["completion_tokens"]
+        return ttft or 0.0, produced
+
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=64)) as client:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return {
+        "ttft_s": statistics.median(r[0] for r in results),
+        "tokens_per_s": sum(r[1] for r in results) / wall,
+    }
+
+
+def bench_streaming(
+    direct: str, wrapper: str, headers: dict[str, str], sizes: Sizes
+) -> list[dict[str, float]]:
+    rows = []
+    for c in sizes.concurrency:
+        runs: dict[str, list[dict[str, float]]] = {"direct": [], "wrapper": []}
+        for r in range(sizes.stream_rounds):
+            order = [("direct", direct), ("wrapper", wrapper)]
+            for name, url in order if r % 2 == 0 else order[::-1]:
+                runs[name].append(asyncio.run(_streams(url, headers, c, sizes.stream_tokens)))
+        med = {
+            name: {k: statistics.median(x[k] for x in values) for k in values[0]}
+            for name, values in runs.items()
+        }
+        rows.append({
+            "concurrency": c,
+            "direct_ttft_ms": med["direct"]["ttft_s"] * 1000,
+            "wrapper_ttft_ms": med["wrapper"]["ttft_s"] * 1000,
+            "ttft_ratio": med["wrapper"]["ttft_s"] / med["direct"]["ttft_s"],
+            "direct_tokens_per_s": med["direct"]["tokens_per_s"],
+            "wrapper_tokens_per_s": med["wrapper"]["tokens_per_s"],
+            "throughput_ratio": med["wrapper"]["tokens_per_s"] / med["direct"]["tokens_per_s"],
+        })  # fmt: skip
+    return rows
+
+
+def bench_client(wrapper: str, api_key: str | None, n: int) -> dict[str, float]:
+    """ChatVLLMAutoscale.invoke vs ChatOpenAI.invoke against the same wrapper."""
+    from langchain_openai import ChatOpenAI
+
+    from langchain_vllm_autoscale import ChatVLLMAutoscale
+
+    ours = ChatVLLMAutoscale(base_url=wrapper, api_key=api_key, max_tokens=1, temperature=0)
+    theirs = ChatOpenAI(
+        base_url=wrapper + "/v1",
+        api_key=api_key or "none",
+        model=MODEL,
+        max_tokens=1,
+        temperature=0,
+    )
+    for _ in range(3):
+        ours.invoke("Say ok.")
+        theirs.invoke("Say ok.")
+    a, b = alternate(lambda: ours.invoke("Say ok."), lambda: theirs.invoke("Say ok."), n)
+    return {
+        "n": n,
+        "ours_p50_ms": pct(a, 50) * 1000,
+        "chatopenai_p50_ms": pct(b, 50) * 1000,
+        "client_ratio": pct(a, 50) / pct(b, 50),
+    }
+
+
+def bench_batch(wrapper: str, api_key: str | None, size: int, tokens: int) -> dict[str, float]:
+    from langchain_vllm_autoscale import ChatVLLMAutoscale
+
+    llm = ChatVLLMAutoscale(base_url=wrapper, api_key=api_key, max_tokens=tokens, temperature=0)
+    prompts = [f"Write a sentence about the number {i}." for i in range(size)]
+    llm.invoke(prompts[0])
+    start = time.perf_counter()
+    llm.batch(prompts)
+    batched = time.perf_counter() - start
+    start = time.perf_counter()
+    for p in prompts:
+        llm.invoke(p)
+    sequential = time.perf_counter() - start
+    return {
+        "size": size,
+        "batch_s": batched,
+        "sequential_s": sequential,
+        "batch_speedup": sequential / batched,
+    }
+
+
+def run_benchmarks(
+    *, engine_url: str, wrapper_url: str, stub_url: str, stub_wrapper_url: str,
+    api_key: str | None, sizes: Sizes,
+) -> dict[str, Any]:  # fmt: skip
+    """Every comparison, on servers that are already running."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    results: dict[str, Any] = {"sizes": sizes.__dict__ | {"concurrency": list(sizes.concurrency)}}
+    results["hop_vllm"] = bench_hop(engine_url, wrapper_url, headers, sizes.hop)
+    results["hop_stub"] = bench_hop(stub_url, stub_wrapper_url, {}, sizes.stub_hop, model="stub")
+    results["streaming"] = bench_streaming(engine_url, wrapper_url, headers, sizes)
+    results["client"] = bench_client(wrapper_url, api_key, sizes.client)
+    results["batch"] = bench_batch(wrapper_url, api_key, sizes.batch, sizes.batch_tokens)
+    results["summary"] = summarise(results)
+    return results
+
+
+def summarise(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    worst_ttft = max(r["ttft_ratio"] for r in results["streaming"])
+    worst_tput = min(r["throughput_ratio"] for r in results["streaming"])
+    measured = {
+        "hop_added_p50_ms": results["hop_stub"]["added_p50_ms"],
+        "hop_added_p99_ms": results["hop_stub"]["added_p99_ms"],
+        "ttft_ratio": worst_ttft,
+        "throughput_ratio": worst_tput,
+        "client_ratio": results["client"]["client_ratio"],
+        "batch_speedup": results["batch"]["batch_speedup"],
+    }
+    out = {}
+    for key, value in measured.items():
+        op, target = TARGETS[key]
+        met = value <= target if op == "<=" else value >= target
+        out[key] = {"value": round(value, 4), "target": f"{op} {target}", "met": met}
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    hop_v, hop_s = results["hop_vllm"], results["hop_stub"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {os.cpu_count()} CPUs; engine: vLLM (CPU) with {MODEL}. Paths alternate call by call.",
+        "",
+        "| measure | value | target | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, row in results["summary"].items():
+        lines.append(
+            f"| {key} | {row['value']} | {row['target']} | {'yes' if row['met'] else 'no'} |"
+        )
+    lines += [
+        "",
+        "## Wrapper hop (non-streamed, max_tokens=1)",
+        "",
+        "| upstream | direct p50 ms | wrapper p50 ms | added p50 ms | direct p99 ms | wrapper p99 ms | added p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, h in (("zero-compute stub", hop_s), ("vLLM", hop_v)):
+        lines.append(
+            f"| {name} | {h['direct_p50_ms']:.2f} | {h['wrapper_p50_ms']:.2f} | {h['added_p50_ms']:.2f}"
+            f" | {h['direct_p99_ms']:.2f} | {h['wrapper_p99_ms']:.2f} | {h['added_p99_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        "## Streaming (wrapper vs direct vLLM)",
+        "",
+        "| streams | direct TTFT ms | wrapper TTFT ms | TTFT ratio | direct tok/s | wrapper tok/s | throughput ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["streaming"]:
+        lines.append(
+            f"| {r['concurrency']} | {r['direct_ttft_ms']:.1f} | {r['wrapper_ttft_ms']:.1f} | {r['ttft_ratio']:.3f}"
+            f" | {r['direct_tokens_per_s']:.1f} | {r['wrapper_tokens_per_s']:.1f} | {r['throughput_ratio']:.3f} |"
+        )
+    c, b = results["client"], results["batch"]
+    lines += [
+        "",
+        "## Client and batch",
+        "",
+        f"- `ChatVLLMAutoscale.invoke` p50 {c['ours_p50_ms']:.2f} ms vs `ChatOpenAI.invoke` p50 "
+        f"{c['chatopenai_p50_ms']:.2f} ms (same wrapper): ratio {c['client_ratio']:.3f}",
+        f"- `batch` of {b['size']}: {b['batch_s']:.2f} s vs {b['size']} sequential `invoke`s: "
+        f"{b['sequential_s']:.2f} s: {b['batch_speedup']:.2f}x",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    hop = results["hop_stub"]
+    axes[0].bar(["direct p50", "wrapper p50", "direct p99", "wrapper p99"],
+                [hop["direct_p50_ms"], hop["wrapper_p50_ms"], hop["direct_p99_ms"], hop["wrapper_p99_ms"]],
+                color=["#888", "#36c", "#888", "#36c"])  # fmt: skip
+    axes[0].set_title("Hop over a zero-compute upstream (ms)")
+    conc = [r["concurrency"] for r in results["streaming"]]
+    axes[1].plot(
+        conc, [r["ttft_ratio"] for r in results["streaming"]], marker="o", label="TTFT ratio"
+    )
+    axes[1].plot(
+        conc,
+        [r["throughput_ratio"] for r in results["streaming"]],
+        marker="s",
+        label="throughput ratio",
+    )
+    axes[1].axhline(1.0, color="#999", linewidth=0.8)
+    axes[1].set_xscale("log", base=2)
+    axes[1].set_xlabel("concurrent streams")
+    axes[1].set_title("Wrapper / direct vLLM")
+    axes[1].legend()
+    summary = results["summary"]
+    axes[2].bar(["client ratio", "batch speedup"],
+                [summary["client_ratio"]["value"], summary["batch_speedup"]["value"]], color=["#36c", "#3a3"])  # fmt: skip
+    axes[2].set_title("Client vs ChatOpenAI; batch vs sequential")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(results))
+    plot(results, out / "results.png")
+
+
+def _wait(url: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def _process(*args: str) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else Sizes()
+    wrapper_port, stub_port, stub_wrapper_port = free_port(), free_port(), free_port()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    env_note = "serve --local (engine warm, never scaled down)"
+    print(f"starting: {env_note}, stub upstream, wrapper over the stub", flush=True)
+    with (
+        _process("-m", "deploy.cli", "serve", "--local", "--port", str(wrapper_port), "--warm",
+                 "--scaledown-window", "0", "--log-level", "WARNING",
+                 "--engine-log", str(Path(args.out) / "engine.log")),
+        _process("-m", "benchmarks.stub_upstream", "--port", str(stub_port)),
+        _process("-m", "benchmarks.stub_upstream", "--port", str(stub_wrapper_port), "--wrap", str(stub_port)),
+    ):  # fmt: skip
+        wrapper = f"http://127.0.0.1:{wrapper_port}"
+        _wait(f"http://127.0.0.1:{stub_port}/health")
+        _wait(f"http://127.0.0.1:{stub_wrapper_port}/health")
+        _wait(wrapper + "/health")
+        deadline = time.monotonic() + 600
+        while httpx.get(wrapper + "/health").json()["engine_state"] != "warm":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the engine did not become warm")
+            time.sleep(0.5)
+        status = httpx.get(wrapper + "/status").json()
+        results = run_benchmarks(
+            engine_url=status["engine_url"], wrapper_url=wrapper,
+            stub_url=f"http://127.0.0.1:{stub_port}",
+            stub_wrapper_url=f"http://127.0.0.1:{stub_wrapper_port}",
+            api_key=None, sizes=sizes,
+        )  # fmt: skip
+    write(results, Path(args.out))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
