@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from deploy.logs import configure_logging
 
@@ -162,6 +164,137 @@ def _plot_cost(points: list[dict[str, float]], path: str, title: str) -> None:
     plt.close(fig)
 
 
+class CliError(Exception):
+    """One readable line, plus a hint."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _call(args: argparse.Namespace, method: str, path: str) -> dict:
+    import httpx
+
+    url = (args.url or os.environ.get("VLLM_AUTOSCALE_URL") or "http://127.0.0.1:8000").rstrip("/")
+    key = args.api_key or os.environ.get("VLLM_AUTOSCALE_API_KEY")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        resp = httpx.request(method, url + path, headers=headers, timeout=30, follow_redirects=True)
+    except httpx.HTTPError as exc:
+        raise CliError(
+            f"cannot reach the wrapper at {url} ({type(exc).__name__})",
+            "is it running? `vllm-autoscale serve --local`, or set --url / VLLM_AUTOSCALE_URL "
+            "to your Modal URL",
+        ) from exc
+    if resp.status_code == 401:
+        raise CliError(
+            f"the wrapper at {url} refused the API key",
+            "set --api-key or VLLM_AUTOSCALE_API_KEY (the VLLM_WRAPPER_API_KEY of the "
+            "vllm-secrets Modal Secret)",
+        )
+    if resp.status_code == 404:
+        raise CliError(f"{url}{path} does not exist", "is --url the wrapper's base URL?")
+    if resp.status_code >= 400:
+        raise CliError(f"{method} {path} answered {resp.status_code}: {resp.text[:300]}")
+    return resp.json()
+
+
+def _show_status(status: dict) -> str:
+    window = status.get("scaledown_window")
+    line = (
+        f"engine {status['state']} | model {status.get('model')} | in flight "
+        f"{status.get('in_flight', 0)}, queued {status.get('queue_depth', 0)} | cold starts "
+        f"{status.get('cold_starts', 0)} | scaledown window "
+        + (f"{window:g} s" if window else "off")
+    )
+    if status.get("last_error"):
+        line += f"\nlast error: {status['last_error']}"
+    return line
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = _call(args, "GET", "/status")
+    if args.json:
+        import json
+
+        print(json.dumps(status, indent=2))
+    else:
+        print(_show_status(status))
+    return 1 if status["state"] == "failed" else 0
+
+
+def _warmup(args: argparse.Namespace) -> int:
+    import time
+
+    status = _call(args, "POST", "/warmup")
+    started = time.monotonic()
+    try:
+        from rich.console import Console
+
+        console: Any = Console(stderr=True)
+    except ImportError:
+        console = None
+    if args.no_wait or status["state"] == "warm":
+        print(_show_status(status))
+        return 0
+    spinner = console.status("waking the engine...") if console else contextlib.nullcontext()
+    with spinner as live:
+        while status["state"] in ("cold", "starting"):
+            elapsed = time.monotonic() - started
+            if elapsed > args.timeout:
+                raise CliError(
+                    f"the engine is still {status['state']} after {elapsed:.0f} s",
+                    "a first start downloads the weights (minutes): raise --timeout",
+                )
+            message = f"engine {status['state']}... {elapsed:.0f} s"
+            if live is not None:
+                live.update(message)
+            else:
+                print(message, file=sys.stderr, flush=True)
+            time.sleep(2)
+            status = _call(args, "GET", "/status")
+    if status["state"] == "failed":
+        raise CliError(
+            f"the engine failed to start: {status.get('last_error')}",
+            "read the GPU function's log: `modal app logs vllm-autoscale`",
+        )
+    print(f"warm after {time.monotonic() - started:.0f} s")
+    print(_show_status(status))
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deploy.config import Settings
+
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        raise CliError(
+            f"bad settings: {exc}", "see docs/deploy-modal.md for VLLM_* settings"
+        ) from exc
+    app_file = Path(__file__).with_name("modal_app.py")
+    command = ["modal", "deploy", str(app_file)]
+    print(
+        f"deploying app vllm-autoscale: model {settings.model} on {settings.gpu_spec} "
+        f"(tensor parallel {settings.tp_size}), mode {settings.mode}, scaledown window "
+        f"{settings.scaledown_window} s, max {settings.max_containers} GPU container(s), "
+        f"{settings.max_num_seqs} concurrent sequences, GPU snapshot "
+        f"{'on' if settings.gpu_snapshot else 'off'}"
+    )
+    print("$ " + " ".join(command))
+    if args.dry_run:
+        return 0
+    import shutil
+
+    if shutil.which("modal") is None:
+        raise CliError(
+            "the `modal` command is not installed", "pip install 'langchain-vllm-autoscale[modal]'"
+        )
+    return subprocess.call(command, cwd=app_file.parent.parent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vllm-autoscale", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -202,6 +335,24 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--json", action="store_true")
     cost.add_argument("--plot", default=None, help="write a PNG of cost vs hours/day")
     cost.set_defaults(func=_cost)
+
+    for name, func, text in (
+        ("status", _status, "engine state, queue and cold starts of a wrapper (never wakes it)"),
+        ("warmup", _warmup, "wake the engine and show progress until it is warm"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("--url", default=None, help="wrapper URL (default VLLM_AUTOSCALE_URL)")
+        cmd.add_argument("--api-key", default=None, help="default VLLM_AUTOSCALE_API_KEY")
+        cmd.set_defaults(func=func)
+        if name == "status":
+            cmd.add_argument("--json", action="store_true")
+        else:
+            cmd.add_argument("--no-wait", action="store_true", help="ask and return at once")
+            cmd.add_argument("--timeout", type=float, default=900)
+
+    deploy = sub.add_parser("deploy", help="modal deploy the wrapper and the GPU class")
+    deploy.add_argument("--dry-run", action="store_true", help="print what would be deployed")
+    deploy.set_defaults(func=_deploy)
     return parser
 
 
@@ -211,7 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "command", None) and args.command[0] == "--":
         args.command = args.command[1:]
     logging.captureWarnings(True)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     JSONResponse,
-    ORJSONResponse,
     PlainTextResponse,
     Response,
     StreamingResponse,
@@ -412,7 +411,9 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
         if not req.stream:
             result, meta = await complete(request, body)
             result["vllm_autoscale"] = meta
-            return ORJSONResponse(result, headers=meta_headers(meta))
+            return Response(
+                orjson.dumps(result), media_type="application/json", headers=meta_headers(meta)
+            )
         return await stream_response(request, body)
 
     async def stream_response(request: Request, body: dict[str, Any]) -> Response:

@@ -1,0 +1,51 @@
+"""A short benchmark run on the session's stack produces well-formed results. (Speed targets
+are measured by `python -m benchmarks.run`, never asserted in tests.)"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from benchmarks.run import QUICK, TARGETS, run_benchmarks, write
+from benchmarks.stub_upstream import stub_app, stub_wrapper_app
+from deploy.engine import free_port
+from tests.integration_tests.conftest import serve_on_stack
+
+
+def test_quick_benchmark_writes_well_formed_results(warm_stack, api_key, tmp_path) -> None:
+    port = free_port()
+
+    async def start_stub() -> web.AppRunner:
+        runner = web.AppRunner(stub_app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    runner = warm_stack.call(start_stub)
+    try:
+        with serve_on_stack(warm_stack, stub_wrapper_app(port)) as stub_wrapper:
+            results = run_benchmarks(
+                engine_url=warm_stack.transport.engine.base_url,
+                wrapper_url=warm_stack.url,
+                stub_url=f"http://127.0.0.1:{port}",
+                stub_wrapper_url=stub_wrapper,
+                api_key=api_key,
+                sizes=QUICK,
+            )
+    finally:
+        warm_stack.call(runner.cleanup)
+    write(results, tmp_path)
+
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["summary"]) == set(TARGETS)
+    for row in saved["summary"].values():
+        assert isinstance(row["value"], float) and isinstance(row["met"], bool)
+    assert [r["concurrency"] for r in saved["streaming"]] == list(QUICK.concurrency)
+    assert all(
+        r["wrapper_tokens_per_s"] > 0 and r["direct_ttft_ms"] > 0 for r in saved["streaming"]
+    )
+    assert saved["hop_stub"]["n"] == QUICK.stub_hop and saved["batch"]["size"] == QUICK.batch
+    table = (tmp_path / "results.md").read_text()
+    assert all(f"| {key} |" in table for key in TARGETS)
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

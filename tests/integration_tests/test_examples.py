@@ -1,0 +1,48 @@
+"""Every example runs against the live local stack, as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+EXPECTED = {
+    "quickstart.py": ["usage:", "'output_tokens'"],
+    "streaming.py": ["usage:", "finish reason:"],
+    "async_usage.py": ["ainvoke:", "astream:", "abatch:"],
+    "batch.py": [
+        "8 answers",
+        "(one request)",
+        "with a bad input: ['AIMessage', 'ContextLengthError']",
+    ],
+    "tool_calling.py": ["model calls get_exchange_rate", "tool returns: 1 USD =", "answer:"],
+    "agent.py": ["agent calls get_weather", "tool get_weather ->", "agent:"],
+    "structured_output.py": ["json_schema: City(", "function_calling: City(", "tokens used:"],
+    "openai_sdk.py": ["model: HuggingFaceTB/SmolLM2-135M-Instruct", "reply:", "stream:"],
+    "migrate_from_integrated.py": ["service: VLLM Auto-Scale Service 2.0.0", "content:"],
+    "warmup_and_metadata.py": ["engine: warm", "cold start: False", "GPU cost $"],
+    "curl.sh": ['"status":"healthy"', '"content":', '"chat.completion"', "data: [DONE]"],
+}
+
+
+def test_every_example_is_covered() -> None:
+    on_disk = {p.name for p in EXAMPLES.iterdir() if p.suffix in {".py", ".sh"}}
+    assert on_disk == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(warm_stack, api_key, name) -> None:
+    env = {**os.environ, "VLLM_AUTOSCALE_URL": warm_stack.url, "VLLM_AUTOSCALE_API_KEY": api_key}
+    runner = ["bash"] if name.endswith(".sh") else [sys.executable]
+    proc = subprocess.run(
+        [*runner, str(EXAMPLES / name)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for fragment in EXPECTED[name]:
+        assert fragment in proc.stdout, f"{fragment!r} not in output:\n{proc.stdout}"
+    assert api_key not in proc.stdout + proc.stderr
