@@ -9,6 +9,7 @@ request ids, metrics, logs, SSE heartbeats while the GPU wakes) and never needs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -101,6 +102,9 @@ async def _with_heartbeats(
     finally:
         if not pending.done():
             pending.cancel()
+            # The generator cannot be closed while its __anext__ still runs.
+            with contextlib.suppress(BaseException):
+                await pending
         await source.aclose()  # type: ignore[attr-defined]
 
 
