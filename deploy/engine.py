@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -35,6 +36,13 @@ from deploy.errors import EngineError, EngineRequestError, EngineStartError, Eng
 __all__ = ["EngineConfig", "VLLMEngine", "free_port"]
 
 CHAT_TEMPLATES = Path(__file__).parent / "chat_templates"
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server if the process that started it dies without stopping it."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -185,6 +193,7 @@ class VLLMEngine:
             # Its own process group: vLLM forks an engine core and workers, and stop() must
             # reach all of them.
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     async def start(self, timeout: float | None = None) -> None:
