@@ -45,6 +45,13 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _dumps(obj: Any) -> str:
+    try:
+        return orjson.dumps(obj).decode()
+    except TypeError:  # integers past 64 bits, which callers may send: let vLLM judge them
+        return json.dumps(obj)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now on ``host``."""
     with socket.socket() as sock:
@@ -261,7 +268,7 @@ class VLLMEngine:
                 base_url=self.base_url,
                 connector=aiohttp.TCPConnector(limit=0, force_close=False),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+                json_serialize=_dumps,
             )
             self._session_loop = loop
         return self._session

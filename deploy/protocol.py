@@ -27,7 +27,7 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 class ChatMessage(BaseModel):
     """A message of the seed's ``/chat``: a role and plain text."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Literal["system", "user", "assistant"]
     content: str
@@ -36,7 +36,7 @@ class ChatMessage(BaseModel):
 class ChatRequest(BaseModel):
     """The seed's ``POST /chat`` body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -54,7 +54,7 @@ class ChatRequest(BaseModel):
 class Message(BaseModel):
     """An OpenAI chat message; content may be text or a list of content parts."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Role
     content: str | list[dict[str, Any]] | None = None
@@ -66,7 +66,8 @@ class Message(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat-completions body; unknown fields pass through to vLLM."""
 
-    model_config = ConfigDict(extra="allow")
+    # Strict: JSON types as the schema says them (no true for a number, no "1" for an int).
+    model_config = ConfigDict(extra="allow", strict=True)
 
     messages: list[Message] = Field(min_length=1)
     model: str | None = None
@@ -100,7 +101,7 @@ class ChatCompletionRequest(BaseModel):
 class BatchRequest(BaseModel):
     """Many chat completions in one call: the GPU side serves them concurrently."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     requests: list[ChatCompletionRequest] = Field(min_length=1)
     max_concurrency: int | None = Field(default=None, ge=1)

@@ -485,14 +485,15 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
         results = await _cancel_on_disconnect(
             request, transport.batch(bodies, info, req.max_concurrency)
         )
+        meta = request_meta(request, info, started)
         out: list[dict[str, Any]] = []
         for i, result in enumerate(results):
             if isinstance(result, EngineError):
                 out.append({"index": i, "status_code": result.status_code, **result.to_body()})
             else:
                 metrics.count_usage(result.get("usage"))
+                result["vllm_autoscale"] = meta  # each answer carries the call's facts
                 out.append({"index": i, "status_code": 200, "response": result})
-        meta = request_meta(request, info, started)
         return JSONResponse(
             {"object": "batch.chat.completion", "results": out, "vllm_autoscale": meta},
             headers=meta_headers(meta),

@@ -23,8 +23,9 @@ def test_quick_benchmark_writes_well_formed_results(warm_stack, api_key, tmp_pat
         return runner
 
     runner = warm_stack.call(start_stub)
+    stub_wrapper_asgi = stub_wrapper_app(port)
     try:
-        with serve_on_stack(warm_stack, stub_wrapper_app(port)) as stub_wrapper:
+        with serve_on_stack(warm_stack, stub_wrapper_asgi) as stub_wrapper:
             results = run_benchmarks(
                 engine_url=warm_stack.transport.engine.base_url,
                 wrapper_url=warm_stack.url,
@@ -34,6 +35,7 @@ def test_quick_benchmark_writes_well_formed_results(warm_stack, api_key, tmp_pat
                 sizes=QUICK,
             )
     finally:
+        warm_stack.call(stub_wrapper_asgi.state.transport.engine.aclose)
         warm_stack.call(runner.cleanup)
     write(results, tmp_path)
 
