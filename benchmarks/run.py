@@ -52,10 +52,11 @@ class Sizes:
     client: int = 100
     batch: int = 16
     batch_tokens: int = 32
+    ttft_samples: int = 24
 
 
 QUICK = Sizes(hop=20, stub_hop=100, stream_rounds=1, stream_tokens=8, concurrency=(1, 4),
-              client=10, batch=4, batch_tokens=4)  # fmt: skip
+              client=10, batch=4, batch_tokens=4, ttft_samples=2)  # fmt: skip
 
 
 def pct(values: list[float], q: float) -> float:
@@ -63,23 +64,23 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def alternate(
-    a: Callable[[], Any], b: Callable[[], Any], n: int
-) -> tuple[list[float], list[float]]:
-    """Time ``a`` and ``b`` n times each, interleaved; seconds per call."""
-    ta, tb = [], []
+def interleave(calls: dict[str, Callable[[], Any]], n: int) -> dict[str, list[float]]:
+    """Time each call n times, interleaved (order reversed every other round); seconds."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls.items())
     for i in range(n):
-        for fn, out in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
+        for name, fn in order if i % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             fn()
-            out.append(time.perf_counter() - start)
-    return ta, tb
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def bench_hop(
-    direct: str, wrapper: str, headers: dict[str, str], n: int, model: str = MODEL
+    paths: dict[str, str], headers: dict[str, str], n: int, model: str = MODEL
 ) -> dict[str, float]:
-    """One non-streamed request, max_tokens=1: added latency of the wrapper's hop."""
+    """One non-streamed request, max_tokens=1, to ``paths["direct"]`` and to each other path:
+    the latency each hop adds."""
     body = {"model": model, "messages": PROMPT, "max_tokens": 1, "temperature": 0}
     with httpx.Client(timeout=60) as client:
 
@@ -91,25 +92,26 @@ def bench_hop(
 
             return go
 
+        calls = {name: call(url) for name, url in paths.items()}
         for _ in range(5):  # warm connections and caches
-            call(direct)()
-            call(wrapper)()
-        d, w = alternate(call(direct), call(wrapper), n)
+            for fn in calls.values():
+                fn()
+        times = interleave(calls, n)
     ms = lambda xs, q: pct(xs, q) * 1000  # noqa: E731
-    return {
-        "n": n,
-        "direct_p50_ms": ms(d, 50),
-        "direct_p99_ms": ms(d, 99),
-        "wrapper_p50_ms": ms(w, 50),
-        "wrapper_p99_ms": ms(w, 99),
-        "added_p50_ms": ms(w, 50) - ms(d, 50),
-        "added_p99_ms": ms(w, 99) - ms(d, 99),
-    }
+    out: dict[str, float] = {"n": n}
+    for name, xs in times.items():
+        out[f"{name}_p50_ms"], out[f"{name}_p99_ms"] = ms(xs, 50), ms(xs, 99)
+    for name in paths:
+        if name != "direct":
+            prefix = "" if name == "wrapper" else f"{name}_"
+            for q in ("p50", "p99"):
+                out[f"{prefix}added_{q}_ms"] = out[f"{name}_{q}_ms"] - out[f"direct_{q}_ms"]
+    return out
 
 
 async def _streams(
     url: str, headers: dict[str, str], concurrency: int, tokens: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     body = {
         "model": MODEL, "messages": PROMPT, "max_tokens": tokens, "temperature": 0,
         "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
@@ -139,34 +141,38 @@ async def _streams(
         start = time.perf_counter()
         results = await asyncio.gather(*(one(client) for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    return {
-        "ttft_s": statistics.median(r[0] for r in results),
-        "tokens_per_s": sum(r[1] for r in results) / wall,
-    }
+    return {"ttfts": [r[0] for r in results], "tokens_per_s": sum(r[1] for r in results) / wall}
 
 
 def bench_streaming(
     direct: str, wrapper: str, headers: dict[str, str], sizes: Sizes
 ) -> list[dict[str, float]]:
+    """TTFT (median over at least ``sizes.ttft_samples`` streams a side, from short streams)
+    and aggregate tokens/s (median of ``sizes.stream_rounds`` long rounds), paths alternating."""
     rows = []
+    paths = [("direct", direct), ("wrapper", wrapper)]
     for c in sizes.concurrency:
-        runs: dict[str, list[dict[str, float]]] = {"direct": [], "wrapper": []}
-        for r in range(sizes.stream_rounds):
-            order = [("direct", direct), ("wrapper", wrapper)]
-            for name, url in order if r % 2 == 0 else order[::-1]:
-                runs[name].append(asyncio.run(_streams(url, headers, c, sizes.stream_tokens)))
-        med = {
-            name: {k: statistics.median(x[k] for x in values) for k in values[0]}
-            for name, values in runs.items()
-        }
+        ttfts: dict[str, list[float]] = {"direct": [], "wrapper": []}
+        tput: dict[str, list[float]] = {"direct": [], "wrapper": []}
+        short_rounds = -(-sizes.ttft_samples // c)
+        for r in range(short_rounds + sizes.stream_rounds):
+            tokens = 2 if r < short_rounds else sizes.stream_tokens
+            for name, url in paths if r % 2 == 0 else paths[::-1]:
+                run = asyncio.run(_streams(url, headers, c, tokens))
+                ttfts[name] += run["ttfts"]
+                if r >= short_rounds:
+                    tput[name].append(run["tokens_per_s"])
+        ttft = {name: statistics.median(v) for name, v in ttfts.items()}
+        tps = {name: statistics.median(v) for name, v in tput.items()}
         rows.append({
             "concurrency": c,
-            "direct_ttft_ms": med["direct"]["ttft_s"] * 1000,
-            "wrapper_ttft_ms": med["wrapper"]["ttft_s"] * 1000,
-            "ttft_ratio": med["wrapper"]["ttft_s"] / med["direct"]["ttft_s"],
-            "direct_tokens_per_s": med["direct"]["tokens_per_s"],
-            "wrapper_tokens_per_s": med["wrapper"]["tokens_per_s"],
-            "throughput_ratio": med["wrapper"]["tokens_per_s"] / med["direct"]["tokens_per_s"],
+            "ttft_samples": len(ttfts["direct"]),
+            "direct_ttft_ms": ttft["direct"] * 1000,
+            "wrapper_ttft_ms": ttft["wrapper"] * 1000,
+            "ttft_ratio": ttft["wrapper"] / ttft["direct"],
+            "direct_tokens_per_s": tps["direct"],
+            "wrapper_tokens_per_s": tps["wrapper"],
+            "throughput_ratio": tps["wrapper"] / tps["direct"],
         })  # fmt: skip
     return rows
 
@@ -188,7 +194,10 @@ def bench_client(wrapper: str, api_key: str | None, n: int) -> dict[str, float]:
     for _ in range(3):
         ours.invoke("Say ok.")
         theirs.invoke("Say ok.")
-    a, b = alternate(lambda: ours.invoke("Say ok."), lambda: theirs.invoke("Say ok."), n)
+    times = interleave(
+        {"ours": lambda: ours.invoke("Say ok."), "theirs": lambda: theirs.invoke("Say ok.")}, n
+    )
+    a, b = times["ours"], times["theirs"]
     return {
         "n": n,
         "ours_p50_ms": pct(a, 50) * 1000,
@@ -220,13 +229,16 @@ def bench_batch(wrapper: str, api_key: str | None, size: int, tokens: int) -> di
 
 def run_benchmarks(
     *, engine_url: str, wrapper_url: str, stub_url: str, stub_wrapper_url: str,
-    api_key: str | None, sizes: Sizes,
+    bare_url: str, api_key: str | None, sizes: Sizes,
 ) -> dict[str, Any]:  # fmt: skip
     """Every comparison, on servers that are already running."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     results: dict[str, Any] = {"sizes": sizes.__dict__ | {"concurrency": list(sizes.concurrency)}}
-    results["hop_vllm"] = bench_hop(engine_url, wrapper_url, headers, sizes.hop)
-    results["hop_stub"] = bench_hop(stub_url, stub_wrapper_url, {}, sizes.stub_hop, model="stub")
+    results["hop_vllm"] = bench_hop(
+        {"direct": engine_url, "wrapper": wrapper_url}, headers, sizes.hop
+    )
+    stub_paths = {"direct": stub_url, "wrapper": stub_wrapper_url, "bare": bare_url}
+    results["hop_stub"] = bench_hop(stub_paths, {}, sizes.stub_hop, model="stub")
     results["streaming"] = bench_streaming(engine_url, wrapper_url, headers, sizes)
     results["client"] = bench_client(wrapper_url, api_key, sizes.client)
     results["batch"] = bench_batch(wrapper_url, api_key, sizes.batch, sizes.batch_tokens)
@@ -281,14 +293,21 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        f"Floor on this machine: a bare raw-ASGI + aiohttp forward over the same stub adds "
+        f"{hop_s['bare_added_p50_ms']:.2f} ms p50 / {hop_s['bare_added_p99_ms']:.2f} ms p99; "
+        f"the wrapper's features cost {hop_s['added_p50_ms'] - hop_s['bare_added_p50_ms']:.2f} ms "
+        "p50 over it.",
+    ]
+    lines += [
+        "",
         "## Streaming (wrapper vs direct vLLM)",
         "",
-        "| streams | direct TTFT ms | wrapper TTFT ms | TTFT ratio | direct tok/s | wrapper tok/s | throughput ratio |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| streams | TTFT samples a side | direct TTFT ms | wrapper TTFT ms | TTFT ratio | direct tok/s | wrapper tok/s | throughput ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["streaming"]:
         lines.append(
-            f"| {r['concurrency']} | {r['direct_ttft_ms']:.1f} | {r['wrapper_ttft_ms']:.1f} | {r['ttft_ratio']:.3f}"
+            f"| {r['concurrency']} | {r['ttft_samples']} | {r['direct_ttft_ms']:.1f} | {r['wrapper_ttft_ms']:.1f} | {r['ttft_ratio']:.3f}"
             f" | {r['direct_tokens_per_s']:.1f} | {r['wrapper_tokens_per_s']:.1f} | {r['throughput_ratio']:.3f} |"
         )
     c, b = results["client"], results["batch"]
@@ -379,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
-    wrapper_port, stub_port, stub_wrapper_port = free_port(), free_port(), free_port()
+    wrapper_port, stub_port, stub_wrapper_port, bare_port = (free_port() for _ in range(4))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     env_note = "serve --local (engine warm, never scaled down)"
     print(f"starting: {env_note}, stub upstream, wrapper over the stub", flush=True)
@@ -389,10 +408,12 @@ def main(argv: list[str] | None = None) -> int:
                  "--engine-log", str(Path(args.out) / "engine.log")),
         _process("-m", "benchmarks.stub_upstream", "--port", str(stub_port)),
         _process("-m", "benchmarks.stub_upstream", "--port", str(stub_wrapper_port), "--wrap", str(stub_port)),
+        _process("-m", "benchmarks.stub_upstream", "--port", str(bare_port), "--bare", str(stub_port)),
     ):  # fmt: skip
         wrapper = f"http://127.0.0.1:{wrapper_port}"
         _wait(f"http://127.0.0.1:{stub_port}/health")
         _wait(f"http://127.0.0.1:{stub_wrapper_port}/health")
+        _wait(f"http://127.0.0.1:{bare_port}/health")  # the bare forward answers any path
         _wait(wrapper + "/health")
         deadline = time.monotonic() + 600
         while httpx.get(wrapper + "/health").json()["engine_state"] != "warm":
@@ -404,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             engine_url=status["engine_url"], wrapper_url=wrapper,
             stub_url=f"http://127.0.0.1:{stub_port}",
             stub_wrapper_url=f"http://127.0.0.1:{stub_wrapper_port}",
-            api_key=None, sizes=sizes,
+            bare_url=f"http://127.0.0.1:{bare_port}", api_key=None, sizes=sizes,
         )  # fmt: skip
     write(results, Path(args.out))
     print(markdown(results))

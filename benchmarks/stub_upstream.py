@@ -2,6 +2,11 @@
 
 python -m benchmarks.stub_upstream --port 9001                       # the stub itself
 python -m benchmarks.stub_upstream --port 9002 --wrap 9001           # a wrapper over it
+python -m benchmarks.stub_upstream --port 9003 --bare 9001           # a bare forward over it
+
+The bare forward (raw ASGI + aiohttp, nothing else) is the floor for any Python hop on the
+machine at hand: the wrapper's cost over it is what its features (auth, validation, limits,
+metrics, request ids, cancellation, metadata) take.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from deploy.engine import EngineConfig, VLLMEngine
@@ -76,18 +82,53 @@ def stub_wrapper_app(upstream_port: int) -> Any:
     return create_app(transport, Settings())
 
 
+class BareForward:
+    """Raw ASGI app that forwards every request body to the upstream's chat route, unread."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = f"http://127.0.0.1:{upstream_port}"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(self.upstream)
+        headers = {"content-type": "application/json"}
+        async with self._session.post("/v1/chat/completions", data=body, headers=headers) as r:
+            reply = await r.read()
+        start = {"type": "http.response.start", "status": r.status,
+                 "headers": [(b"content-type", b"application/json")]}  # fmt: skip
+        await send(start)
+        await send({"type": "http.response.body", "body": reply})
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument(
         "--wrap", type=int, default=None, help="serve a wrapper over this stub port"
     )
+    parser.add_argument("--bare", type=int, default=None, help="serve a bare forward to this port")
     args = parser.parse_args()
-    if args.wrap is None:
+    if args.wrap is None and args.bare is None:
         web.run_app(stub_app(), host="127.0.0.1", port=args.port, print=None)
         return
     import uvicorn
 
+    if args.bare is not None:
+        bare = BareForward(args.bare)
+        uvicorn.run(bare, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+        return
     uvicorn.run(stub_wrapper_app(args.wrap), host="127.0.0.1", port=args.port, log_level="warning")
 
 

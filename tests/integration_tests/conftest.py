@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
 from pydantic import SecretStr
+from starlette.types import ASGIApp
 
 from deploy.config import Settings
 from deploy.engine import free_port
@@ -60,7 +60,7 @@ def warm_stack(stack: LocalStack) -> LocalStack:
 
 
 @contextlib.contextmanager
-def serve_on_stack(stack: LocalStack, app: FastAPI) -> Iterator[str]:
+def serve_on_stack(stack: LocalStack, app: ASGIApp) -> Iterator[str]:
     """Serve another app on the stack's event loop (where the engine's client lives), without
     lifespan, so stopping it leaves the session's engine running. Yields its URL."""
     port = free_port()

@@ -8,7 +8,7 @@ import json
 from aiohttp import web
 
 from benchmarks.run import QUICK, TARGETS, run_benchmarks, write
-from benchmarks.stub_upstream import stub_app, stub_wrapper_app
+from benchmarks.stub_upstream import BareForward, stub_app, stub_wrapper_app
 from deploy.engine import free_port
 from tests.integration_tests.conftest import serve_on_stack
 
@@ -23,19 +23,24 @@ def test_quick_benchmark_writes_well_formed_results(warm_stack, api_key, tmp_pat
         return runner
 
     runner = warm_stack.call(start_stub)
-    stub_wrapper_asgi = stub_wrapper_app(port)
+    stub_wrapper_asgi, bare_asgi = stub_wrapper_app(port), BareForward(port)
     try:
-        with serve_on_stack(warm_stack, stub_wrapper_asgi) as stub_wrapper:
+        with (
+            serve_on_stack(warm_stack, stub_wrapper_asgi) as stub_wrapper,
+            serve_on_stack(warm_stack, bare_asgi) as bare,
+        ):
             results = run_benchmarks(
                 engine_url=warm_stack.transport.engine.base_url,
                 wrapper_url=warm_stack.url,
                 stub_url=f"http://127.0.0.1:{port}",
                 stub_wrapper_url=stub_wrapper,
+                bare_url=bare,
                 api_key=api_key,
                 sizes=QUICK,
             )
     finally:
         warm_stack.call(stub_wrapper_asgi.state.transport.engine.aclose)
+        warm_stack.call(bare_asgi.aclose)
         warm_stack.call(runner.cleanup)
     write(results, tmp_path)
 
@@ -47,7 +52,9 @@ def test_quick_benchmark_writes_well_formed_results(warm_stack, api_key, tmp_pat
     assert all(
         r["wrapper_tokens_per_s"] > 0 and r["direct_ttft_ms"] > 0 for r in saved["streaming"]
     )
+    assert all(r["ttft_samples"] >= QUICK.ttft_samples for r in saved["streaming"])
     assert saved["hop_stub"]["n"] == QUICK.stub_hop and saved["batch"]["size"] == QUICK.batch
+    assert saved["hop_stub"]["bare_p50_ms"] > 0  # the floor is measured in the same run
     table = (tmp_path / "results.md").read_text()
-    assert all(f"| {key} |" in table for key in TARGETS)
+    assert all(f"| {key} |" in table for key in TARGETS) and "bare raw-ASGI" in table
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -24,8 +25,9 @@ WEATHER_TOOL = {
 
 
 @pytest.fixture
-def client(warm_stack, api_key) -> openai.OpenAI:
-    return openai.OpenAI(base_url=warm_stack.url + "/v1", api_key=api_key, max_retries=0)
+def client(warm_stack, api_key) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=warm_stack.url + "/v1", api_key=api_key, max_retries=0) as c:
+        yield c
 
 
 def test_models_list(client) -> None:
@@ -68,7 +70,8 @@ def test_tools_and_response_format(client) -> None:
         messages=[{"role": "user", "content": "Weather in Lima?"}],
         tools=[WEATHER_TOOL],
         tool_choice="required",
-        max_tokens=60,
+        max_tokens=100,
+        temperature=0,  # sampled, the small model may ramble past max_tokens inside the JSON
     )
     call = resp.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
@@ -91,8 +94,10 @@ def test_errors_in_openai_shape(client, warm_stack) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as info:
         client.chat.completions.create(model=MODEL, messages=[], max_tokens=4)
     assert info.value.body["param"] == "messages"
-    bad = openai.OpenAI(base_url=warm_stack.url + "/v1", api_key="wrong", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
+    with (
+        openai.OpenAI(base_url=warm_stack.url + "/v1", api_key="wrong", max_retries=0) as bad,
+        pytest.raises(openai.AuthenticationError),
+    ):
         bad.models.list()
 
 
