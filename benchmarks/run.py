@@ -141,27 +141,45 @@ async def _streams(
         start = time.perf_counter()
         results = await asyncio.gather(*(one(client) for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    return {"ttfts": [r[0] for r in results], "tokens_per_s": sum(r[1] for r in results) / wall}
+    produced = sum(r[1] for r in results)
+    return {"ttfts": [r[0] for r in results], "tokens_per_s": produced / wall, "tokens": produced}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_streaming(
-    direct: str, wrapper: str, headers: dict[str, str], sizes: Sizes
-) -> list[dict[str, float]]:
+    direct: str, wrapper: str, headers: dict[str, str], sizes: Sizes,
+    pids: dict[str, int] | None = None,
+) -> list[dict[str, float]]:  # fmt: skip
     """TTFT (median over at least ``sizes.ttft_samples`` streams a side, from short streams)
-    and aggregate tokens/s (median of ``sizes.stream_rounds`` long rounds), paths alternating."""
+    and aggregate tokens/s (median of ``sizes.stream_rounds`` long rounds), paths alternating.
+
+    With ``pids`` ({"wrapper": pid, "direct": vLLM's API server pid}), also the CPU each of
+    those processes spends per streamed token on its own path: a measure the machine's noise
+    barely touches."""
     rows = []
     paths = [("direct", direct), ("wrapper", wrapper)]
     for c in sizes.concurrency:
         ttfts: dict[str, list[float]] = {"direct": [], "wrapper": []}
         tput: dict[str, list[float]] = {"direct": [], "wrapper": []}
+        cpu = {"direct": 0.0, "wrapper": 0.0}
+        tokens_out = {"direct": 0, "wrapper": 0}
         short_rounds = -(-sizes.ttft_samples // c)
         for r in range(short_rounds + sizes.stream_rounds):
             tokens = 2 if r < short_rounds else sizes.stream_tokens
             for name, url in paths if r % 2 == 0 else paths[::-1]:
+                before = cpu_seconds(pids[name]) if pids else 0.0
                 run = asyncio.run(_streams(url, headers, c, tokens))
                 ttfts[name] += run["ttfts"]
                 if r >= short_rounds:
                     tput[name].append(run["tokens_per_s"])
+                    if pids:
+                        cpu[name] += cpu_seconds(pids[name]) - before
+                        tokens_out[name] += run["tokens"]
         ttft = {name: statistics.median(v) for name, v in ttfts.items()}
         tps = {name: statistics.median(v) for name, v in tput.items()}
         rows.append({
@@ -174,6 +192,9 @@ def bench_streaming(
             "wrapper_tokens_per_s": tps["wrapper"],
             "throughput_ratio": tps["wrapper"] / tps["direct"],
         })  # fmt: skip
+        if pids:
+            for name, key in (("wrapper", "wrapper"), ("direct", "vllm_api_server")):
+                rows[-1][f"{key}_cpu_us_per_token"] = cpu[name] / tokens_out[name] * 1e6
     return rows
 
 
@@ -229,7 +250,7 @@ def bench_batch(wrapper: str, api_key: str | None, size: int, tokens: int) -> di
 
 def run_benchmarks(
     *, engine_url: str, wrapper_url: str, stub_url: str, stub_wrapper_url: str,
-    bare_url: str, api_key: str | None, sizes: Sizes,
+    bare_url: str, api_key: str | None, sizes: Sizes, pids: dict[str, int] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Every comparison, on servers that are already running."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
@@ -239,7 +260,7 @@ def run_benchmarks(
     )
     stub_paths = {"direct": stub_url, "wrapper": stub_wrapper_url, "bare": bare_url}
     results["hop_stub"] = bench_hop(stub_paths, {}, sizes.stub_hop, model="stub")
-    results["streaming"] = bench_streaming(engine_url, wrapper_url, headers, sizes)
+    results["streaming"] = bench_streaming(engine_url, wrapper_url, headers, sizes, pids)
     results["client"] = bench_client(wrapper_url, api_key, sizes.client)
     results["batch"] = bench_batch(wrapper_url, api_key, sizes.batch, sizes.batch_tokens)
     results["summary"] = summarise(results)
@@ -310,6 +331,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {r['concurrency']} | {r['ttft_samples']} | {r['direct_ttft_ms']:.1f} | {r['wrapper_ttft_ms']:.1f} | {r['ttft_ratio']:.3f}"
             f" | {r['direct_tokens_per_s']:.1f} | {r['wrapper_tokens_per_s']:.1f} | {r['throughput_ratio']:.3f} |"
         )
+    cpu_rows = [r for r in results["streaming"] if "wrapper_cpu_us_per_token" in r]
+    if cpu_rows:
+        lines += ["", "CPU per streamed token (µs), each process on its own path: " + "; ".join(
+            f"{r['concurrency']} streams: wrapper {r['wrapper_cpu_us_per_token']:.0f}, "
+            f"vLLM's API server {r['vllm_api_server_cpu_us_per_token']:.0f}" for r in cpu_rows
+        ) + "."]  # fmt: skip
     c, b = results["client"], results["batch"]
     lines += [
         "",
@@ -405,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     with (
         _process("-m", "deploy.cli", "serve", "--local", "--port", str(wrapper_port), "--warm",
                  "--scaledown-window", "0", "--log-level", "WARNING",
-                 "--engine-log", str(Path(args.out) / "engine.log")),
+                 "--engine-log", str(Path(args.out) / "engine.log")) as serving,
         _process("-m", "benchmarks.stub_upstream", "--port", str(stub_port)),
         _process("-m", "benchmarks.stub_upstream", "--port", str(stub_wrapper_port), "--wrap", str(stub_port)),
         _process("-m", "benchmarks.stub_upstream", "--port", str(bare_port), "--bare", str(stub_port)),
@@ -426,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             stub_url=f"http://127.0.0.1:{stub_port}",
             stub_wrapper_url=f"http://127.0.0.1:{stub_wrapper_port}",
             bare_url=f"http://127.0.0.1:{bare_port}", api_key=None, sizes=sizes,
+            pids={"wrapper": serving.pid, "direct": status["engine_pid"]},
         )  # fmt: skip
     write(results, Path(args.out))
     print(markdown(results))

@@ -53,7 +53,7 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
 _INFERENCE_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429, 503)
 }
-_HEARTBEAT = object()
+_HEARTBEAT, _END = object(), object()
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -83,30 +83,64 @@ def _json_body(schema: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
-async def _with_heartbeats(
-    source: AsyncIterator[dict[str, Any]], interval: float, first: asyncio.Task[Any] | None = None
-) -> AsyncIterator[Any]:
-    """Yield ``source``'s items, and ``_HEARTBEAT`` whenever ``interval`` passes without one."""
-    pending = first or asyncio.ensure_future(source.__anext__())
-    try:
-        while True:
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield _HEARTBEAT
-                continue
-            try:
-                item = pending.result()
-            except StopAsyncIteration:
-                return
-            yield item
-            pending = asyncio.ensure_future(source.__anext__())
-    finally:
-        if not pending.done():
-            pending.cancel()
-            # The generator cannot be closed while its __anext__ still runs.
+class _StreamPump:
+    """Reads a stream in one task into a queue, and puts ``_HEARTBEAT`` in whenever
+    ``interval`` passes without an item: the reader awaits one queue, with no task or timer
+    per chunk. Items are chunks, then ``_END``, or the exception that ended the stream."""
+
+    def __init__(self, source: AsyncIterator[dict[str, Any]], interval: float) -> None:
+        self._source, self._interval = source, interval
+        self._loop = asyncio.get_running_loop()
+        # Bounded: a slow reader holds the engine stream back instead of buffering it all.
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        self._last = self._loop.time()
+        self._task = asyncio.ensure_future(self._run())
+        self._timer = self._loop.call_at(self._last + interval, self._tick)
+
+    async def _run(self) -> None:
+        try:
+            async for item in self._source:
+                self._last = self._loop.time()
+                await self._queue.put(item)
+            end: Any = _END
+        except Exception as exc:  # handed to the reader, which decides what the caller sees
+            end = exc
+        await self._queue.put(end)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        if now >= self._last + self._interval:
+            if self._queue.empty():
+                self._queue.put_nowait(_HEARTBEAT)
+            self._last = now
+        self._timer = self._loop.call_at(self._last + self._interval, self._tick)
+
+    async def get(self) -> Any:
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        self._timer.cancel()
+        if not self._task.done():
+            self._task.cancel()
+            # The source cannot be closed while a read of it still runs.
             with contextlib.suppress(BaseException):
-                await pending
-        await source.aclose()  # type: ignore[attr-defined]
+                await self._task
+        await self._source.aclose()  # type: ignore[attr-defined]
+
+
+class _PumpedStream(StreamingResponse):
+    """A streaming response that stops its pump however it ends: finished, failed, or the
+    client gone before the first byte (when the body iterator never even starts)."""
+
+    def __init__(self, content: AsyncIterator[bytes], pump: _StreamPump, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._pump = pump
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._pump.aclose()
 
 
 class _RequestContext:
@@ -428,48 +462,50 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
         # for the usage chunk do not get it.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         info, started = RequestInfo(), time.perf_counter()
-        source = transport.stream(body, info)
-        first = asyncio.ensure_future(source.__anext__())
+        pump = _StreamPump(transport.stream(body, info), settings.heartbeat_interval)
         # Errors that happen before the first chunk (bad params, overload) keep their HTTP
         # status; a cold start holds the first chunk back, and then the stream starts with
         # heartbeats instead.
-        done, _ = await asyncio.wait({first}, timeout=settings.heartbeat_interval)
-        if (
-            done
-            and first.exception() is not None
-            and not isinstance(first.exception(), StopAsyncIteration)
-        ):
-            await source.aclose()  # type: ignore[attr-defined]
-            exc = first.exception()
-            if isinstance(exc, EngineError):
-                return _engine_error_response(exc)
-            raise exc  # type: ignore[misc]
+        try:
+            first = await pump.get()
+        except BaseException:
+            await pump.aclose()
+            raise
+        if isinstance(first, Exception):
+            await pump.aclose()
+            if isinstance(first, EngineError):
+                return _engine_error_response(first)
+            raise first
 
         async def events() -> AsyncIterator[bytes]:
-            first_token = True
-            try:
-                async for item in _with_heartbeats(source, settings.heartbeat_interval, first):
-                    if item is _HEARTBEAT:
-                        yield b": keep-alive\n\n"
-                        continue
+            first_token, item = True, first
+            while item is not _END:
+                if item is _HEARTBEAT:
+                    yield b": keep-alive\n\n"
+                elif isinstance(item, EngineError):
+                    log.warning("stream failed: %s", item.message,
+                                extra={"request_id": request.state.request_id})  # fmt: skip
+                    yield _sse(item.to_body())
+                    break
+                elif isinstance(item, Exception):
+                    raise item
+                else:
                     if first_token and item.get("choices"):
                         metrics.ttft.observe(time.perf_counter() - started)
                         first_token = False
                     if item.get("usage") and not item.get("choices"):
                         metrics.count_usage(item["usage"])
-                        if not wants_usage:
-                            continue
-                        item["vllm_autoscale"] = request_meta(request, info, started)
-                    yield _sse(item)
-            except EngineError as exc:
-                log.warning(
-                    "stream failed: %s", exc.message, extra={"request_id": request.state.request_id}
-                )
-                yield _sse(exc.to_body())
+                        if wants_usage:
+                            item["vllm_autoscale"] = request_meta(request, info, started)
+                            yield _sse(item)
+                    else:
+                        yield _sse(item)
+                item = await pump.get()
             yield _DONE
 
-        return StreamingResponse(
+        return _PumpedStream(
             events(),
+            pump,
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )

@@ -4,6 +4,7 @@ are measured by `python -m benchmarks.run`, never asserted in tests.)"""
 from __future__ import annotations
 
 import json
+import os
 
 from aiohttp import web
 
@@ -37,6 +38,8 @@ def test_quick_benchmark_writes_well_formed_results(warm_stack, api_key, tmp_pat
                 bare_url=bare,
                 api_key=api_key,
                 sizes=QUICK,
+                # In-process here, so "wrapper" CPU includes the test's client too.
+                pids={"wrapper": os.getpid(), "direct": warm_stack.transport.engine.pid},
             )
     finally:
         warm_stack.call(stub_wrapper_asgi.state.transport.engine.aclose)
@@ -53,6 +56,7 @@ def test_quick_benchmark_writes_well_formed_results(warm_stack, api_key, tmp_pat
         r["wrapper_tokens_per_s"] > 0 and r["direct_ttft_ms"] > 0 for r in saved["streaming"]
     )
     assert all(r["ttft_samples"] >= QUICK.ttft_samples for r in saved["streaming"])
+    assert all(r["vllm_api_server_cpu_us_per_token"] > 0 for r in saved["streaming"])
     assert saved["hop_stub"]["n"] == QUICK.stub_hop and saved["batch"]["size"] == QUICK.batch
     assert saved["hop_stub"]["bare_p50_ms"] > 0  # the floor is measured in the same run
     table = (tmp_path / "results.md").read_text()
