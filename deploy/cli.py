@@ -29,15 +29,23 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    # With a command to run, its output is the point: only warnings from the service.
+    # With a command to run, its output is the point: only warnings from the service, and
+    # vLLM's own output in a file (a failed start still quotes its last lines).
     configure_logging(args.log_level or ("WARNING" if args.command else "INFO"))
+    engine_log = args.engine_log
+    if engine_log is None and args.command:
+        from deploy.local_model import default_cache_dir
+
+        engine_log = default_cache_dir() / "engine.log"
+        engine_log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"vLLM's log: {engine_log}", flush=True)
     try:
         stack = LocalStack(
             host=args.host,
             port=args.port,
             scaledown_window=args.scaledown_window,
             warm=args.warm or bool(args.command),
-            engine_log=args.engine_log,
+            engine_log=engine_log,
             access_log=False,
         )
     except LocalModelError as exc:
@@ -316,7 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--warm", action="store_true", help="start the engine now, not on the first request"
     )
-    serve.add_argument("--engine-log", default=None, help="write vLLM's output to this file")
+    serve.add_argument(
+        "--engine-log",
+        default=None,
+        help="write vLLM's output here (default: stderr; with a command, the cache folder)",
+    )
     serve.add_argument("--log-level", default=None, help="INFO by default; WARNING with a command")
     serve.add_argument(
         "command", nargs=argparse.REMAINDER, help="-- COMMAND to run against the stack"

@@ -231,11 +231,13 @@ class VLLMEngine:
                 await asyncio.sleep(0.25)
 
     def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM the process group, SIGKILL what is left after ``grace`` seconds."""
+        """SIGTERM vLLM's server, SIGKILL its process group after ``grace`` seconds."""
         proc, self._process = self._process, None
         if proc is not None and proc.poll() is None:
+            # The server alone: it stops its engine-core and worker processes in order (a
+            # signal to the whole group kills them under it, and it logs a dead engine).
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                proc.terminate()
             try:
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:

@@ -166,8 +166,22 @@ def test_chatml_template_renders_hermes_tool_calls() -> None:
     assert (
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
     )
-    assert "<tool_response>\nsunny\n</tool_response>" in text
+    assert "<|im_start|>user\nThe tool returned: sunny\nNow answer my question.<|im_end|>" in text
     assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_chatml_template_puts_parallel_tool_results_in_one_turn() -> None:
+    call = {"id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}  # fmt: skip
+    messages = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": [call, {**call, "id": "c2"}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "c2", "content": "rain"},
+    ]
+    text = _render("chatml_tools.jinja", messages=messages, tools=TOOLS, add_generation_prompt=True)
+    assert text.count("<|im_start|>user") == 2
+    assert "The tool returned: sunny\nThe tool returned: rain\nNow answer my question." in text
 
 
 def test_gpu_image_runs_the_vllm_release_the_local_stack_tests(monkeypatch) -> None:
