@@ -138,14 +138,10 @@ def _cost(args: argparse.Namespace) -> int:
         )
         gpu_hours, wakes = report.gpu_hours_per_day, report.wakes_per_day
         print(f"  GPU billed {gpu_hours:.2f} h/day over {wakes:.1f} wakes")
-        print(
-            "  always-on is cheaper above "
-            + (
-                f"{even:.2f} h/day of use"
-                if even is not None
-                else "no amount of use (autoscale wins)"
-            )
-        )
+        if even is not None:
+            print(f"  break-even: always-on is cheaper above {even:.2f} h/day of use")
+        else:
+            print("  break-even: none, autoscaling is cheaper at any hours of use")
     if args.plot:
         _plot_cost(curve(inputs), args.plot, args.preset)
         print(f"plot written to {args.plot}", file=sys.stderr)
