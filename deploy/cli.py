@@ -19,7 +19,7 @@ __all__ = ["main"]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from deploy.local_model import LocalModelError
+    from deploy.local_model import LocalModelError, default_cache_dir
     from deploy.local_stack import LocalStack
 
     if not args.local:
@@ -34,8 +34,6 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or ("WARNING" if args.command else "INFO"))
     engine_log = args.engine_log
     if engine_log is None and args.command:
-        from deploy.local_model import default_cache_dir
-
         engine_log = default_cache_dir() / "engine.log"
         engine_log.parent.mkdir(parents=True, exist_ok=True)
         print(f"vLLM's log: {engine_log}", flush=True)

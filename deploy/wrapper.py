@@ -430,7 +430,6 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
 
     @app.post(
         "/v1/chat/completions",
-        dependencies=auth,
         response_model=None,
         responses={
             **_INFERENCE_ERRORS,
