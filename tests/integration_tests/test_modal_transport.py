@@ -54,6 +54,7 @@ class ModalCallStandIn:
             self.instance = self.user_cls()
             self.instance.server = InferenceServer(self.engine.config)
             self.instance.server.engine = self.engine
+            self.instance.server.begin_serving()
         return self.instance
 
     def _method(self, name: str) -> SimpleNamespace:

@@ -55,6 +55,7 @@ def test_gpu_class_as_the_seed_describes(monkeypatch) -> None:
     assert set(volumes) == {"/root/.cache/huggingface", "/root/.cache/vllm"}
     assert opts["enable_memory_snapshot"] is False and opts["experimental_options"] == {}
     methods = set(opts["method_definitions"])
+    assert opts["image"] is not None
     assert methods == {"chat", "stream", "batch", "status"}
 
 
@@ -93,8 +94,34 @@ def test_settings_reach_the_class(monkeypatch) -> None:
     app = load_app(monkeypatch, VLLM_SCALEDOWN_WINDOW="600", VLLM_MAX_NUM_SEQS="32")
     opts = deploy_options(app.VLLMInference)
     assert opts["scaledown_window"] == 600 and opts["max_concurrent_inputs"] == 32
-    assert app._settings_env()["VLLM_SCALEDOWN_WINDOW"] == "600"
-    assert "VLLM_WRAPPER_API_KEY" not in app._settings_env()
+    baked = app.settings.baked_env()
+    assert list(baked) == ["AUTOSCALE_SETTINGS_JSON"]  # one value, not 16 VLLM_* variables
+    assert json.loads(baked["AUTOSCALE_SETTINGS_JSON"])["scaledown_window"] == 600
+    monkeypatch.setenv("VLLM_WRAPPER_API_KEY", "on-the-deploying-machine")
+    assert "on-the-deploying-machine" not in str(Settings().baked_env())
+
+
+def test_container_settings_come_from_the_image_not_the_local_env(monkeypatch) -> None:
+    baked = Settings(scaledown_window=600, max_num_seqs=32).baked_env()
+    monkeypatch.setenv("VLLM_SCALEDOWN_WINDOW", "60")  # ignored inside a container
+    monkeypatch.setenv("VLLM_WRAPPER_API_KEY", "from-the-secret")
+    for key, value in baked.items():
+        monkeypatch.setenv(key, value)
+    loaded = Settings.load()
+    assert loaded.scaledown_window == 600 and loaded.max_num_seqs == 32
+    assert loaded.wrapper_api_key is not None
+    assert loaded.wrapper_api_key.get_secret_value() == "from-the-secret"
+
+
+def test_gpu_class_starts_a_second_container_before_the_first_saturates(monkeypatch) -> None:
+    app = load_app(monkeypatch, VLLM_MAX_CONTAINERS="3")
+    service = app.VLLMInference._get_class_service_function()
+    concurrency = service.info().concurrency_info
+    assert concurrency.max_inputs == 64 and concurrency.target_inputs == 48
+    assert deploy_options(app.VLLMInference)["max_containers"] == 3
+    app = load_app(monkeypatch, VLLM_TARGET_INPUTS="16")
+    concurrency = app.VLLMInference._get_class_service_function().info().concurrency_info
+    assert concurrency.target_inputs == 16
 
 
 def test_gpu_snapshot_setting(monkeypatch) -> None:
@@ -102,7 +129,22 @@ def test_gpu_snapshot_setting(monkeypatch) -> None:
     opts = deploy_options(app.VLLMInference)
     assert opts["enable_memory_snapshot"] is True
     assert opts["experimental_options"] == {"enable_gpu_snapshot": "True"}  # Modal stringifies
-    assert "--enable-sleep-mode" in app.settings.gpu_engine_config().command(8001)
+    cmd = app.settings.gpu_engine_config().command(8001)
+    assert "--enable-sleep-mode" in cmd
+    assert cmd[cmd.index("--gpu-memory-utilization") + 1] == "0.8"  # room for the restore
+
+
+def test_model_without_preset_gets_no_silent_parser() -> None:
+    plain = Settings(model="Qwen/Qwen3-8B")
+    assert plain.tool_parser is None and plain.parser_warning()
+    assert "--tool-call-parser" not in plain.gpu_engine_config().command(8001)
+    chosen = Settings(model="Qwen/Qwen3-8B", tool_call_parser="hermes", reasoning_parser="qwen3")
+    cmd = chosen.gpu_engine_config().command(8001)
+    assert cmd[cmd.index("--tool-call-parser") + 1] == "hermes"
+    assert cmd[cmd.index("--reasoning-parser") + 1] == "qwen3"
+    assert chosen.parser_warning() is None
+    assert Settings(tool_call_parser="none").tool_parser is None  # a preset turned off
+    assert Settings().parser_warning() is None
 
 
 @pytest.mark.parametrize(
@@ -114,6 +156,8 @@ def test_gpu_snapshot_setting(monkeypatch) -> None:
         ({"gpu": "H100:4", "tensor_parallel_size": 2}, "does not match the 4 GPU"),
         ({"scaledown_window": 1}, "scaledown_window"),
         ({"mode": "always"}, "mode"),
+        ({"chat_template": "missing.jinja"}, "not a template shipped"),
+        ({"target_inputs": 65}, "exceeds VLLM_MAX_NUM_SEQS"),
     ],
 )
 def test_bad_settings_fail_clearly(env, message) -> None:

@@ -1,0 +1,46 @@
+"""Shared by the drivers: import the staged app as a Modal container would, and report."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+STAGED_ROOT = Path(os.environ["STAGED_ROOT"])
+
+
+def import_app(module_name: str) -> ModuleType:
+    """Import the function's module from the staged /root, with nothing of the checkout on
+    the path (its editable install would otherwise serve `deploy` from the repository)."""
+
+    def reaches_checkout(entry: str) -> bool:
+        path = Path(entry or ".").resolve()
+        return (path / "deploy").is_dir() or (path / "langchain_vllm_autoscale").is_dir()
+
+    sys.path[:] = [str(STAGED_ROOT)] + [p for p in sys.path if not reaches_checkout(p)]
+    module = importlib.import_module(module_name)
+    import deploy
+
+    where = Path(deploy.__file__).resolve()
+    assert where.is_relative_to(STAGED_ROOT.resolve()), f"deploy imported from {where}"
+    return module
+
+
+def raw_function(obj: Any) -> Any:
+    """The user's function behind a Modal function, as the container calls it."""
+    from modal._utils.async_utils import synchronizer
+
+    return synchronizer._translate_in(obj)._raw_f
+
+
+def raw_method(user_cls: type, name: str) -> Any:
+    """A method of a Modal class as written (enter, exit and @method alike)."""
+    return user_cls.__dict__[name]._get_raw_f()
+
+
+def report(path: str, data: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(data, default=str))

