@@ -71,7 +71,7 @@ class AttachedEngine(VLLMEngine):
 
 def stub_wrapper_app(upstream_port: int) -> Any:
     from deploy.config import Settings
-    from deploy.transport import LocalTransport
+    from deploy.transport_local import LocalTransport
     from deploy.wrapper import create_app
 
     transport = LocalTransport(

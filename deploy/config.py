@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deploy.protocol import Limits
+
 if TYPE_CHECKING:  # the engine (aiohttp, subprocess) is imported only where it runs
     from deploy.engine import EngineConfig
 
@@ -168,6 +170,11 @@ class Settings(BaseSettings):
     def env_names(cls) -> frozenset[str]:
         """Every ``VLLM_*`` variable the service reads: not vLLM's, so never passed to it."""
         return frozenset(f"VLLM_{name.upper()}" for name in cls.model_fields)
+
+    @property
+    def limits(self) -> Limits:
+        """What one request may ask for; the request models enforce and document it."""
+        return Limits(self.max_messages, self.max_tokens_limit, self.max_batch)
 
     @cached_property
     def preset(self) -> ModelPreset:

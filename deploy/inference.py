@@ -2,8 +2,9 @@
 
 ``deploy/modal_app.py``'s ``VLLMInference`` class is a thin Modal shell around
 ``InferenceServer``; keeping the logic here makes it importable and testable without Modal.
-Each reply carries a small ``CONTAINER_KEY`` record (container id, boot time, engine seconds)
-that the wrapper's ``ModalTransport`` strips and turns into cold-start and queue-wait facts.
+Each answer is a ``Reply`` (``deploy/contract.py``) whose facts say which container served
+it, when that container began serving and how long the engine took; the wrapper's
+``ModalTransport`` turns them into cold-start and queue-wait facts.
 
 A container's life: fetch the weights (``HF_TOKEN`` stays in this process; vLLM gets a local
 folder and no secret), start vLLM, serve. With GPU memory snapshots, the part before the
@@ -21,9 +22,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from deploy.contract import BatchResults, Facts, Reply
 from deploy.engine import EngineConfig, VLLMEngine
-from deploy.errors import EngineError, EngineStartError
-from deploy.transport_modal import CONTAINER_KEY
+from deploy.errors import EngineStartError
 
 __all__ = ["InferenceServer", "fetch_weights"]
 
@@ -71,8 +72,12 @@ class InferenceServer:
         self.container_id = uuid.uuid4().hex[:12]
         self.booted_at = time.time()
 
-    def _container(self, engine_s: float) -> dict[str, Any]:
-        return {"id": self.container_id, "booted_at": self.booted_at, "engine_s": engine_s}
+    def _facts(self, started: float) -> Facts:
+        return Facts(
+            container=self.container_id,
+            booted_at=self.booted_at,
+            engine_s=time.monotonic() - started,
+        )
 
     async def _start_engine(self) -> None:
         model = fetch_weights(self.config.model, self.config.revision)
@@ -97,28 +102,27 @@ class InferenceServer:
         await self.engine.wake_up()
         self.begin_serving()
 
-    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def chat(self, body: dict[str, Any]) -> Reply[dict[str, Any]]:
         started = time.monotonic()
         reply = await self.engine.chat(body)
         self.served += 1
-        reply[CONTAINER_KEY] = self._container(time.monotonic() - started)
-        return reply
+        return Reply(reply, self._facts(started))
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        yield {CONTAINER_KEY: self._container(0.0)}
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[Reply[dict[str, Any]]]:
+        started, first = time.monotonic(), True
         async for chunk in self.engine.stream(body):
-            yield chunk
+            # The first chunk carries the facts; its engine time is the time to first chunk.
+            yield Reply(chunk, self._facts(started) if first else None)
+            first = False
         self.served += 1
 
     async def batch(
         self, bodies: Sequence[dict[str, Any]], max_concurrency: int | None = None
-    ) -> dict[str, Any]:
+    ) -> Reply[BatchResults]:
         started = time.monotonic()
-        results: list[dict[str, Any] | EngineError] = await self.engine.batch(
-            bodies, max_concurrency
-        )
+        results = await self.engine.batch(bodies, max_concurrency)
         self.served += len(bodies)
-        return {"results": results, "container": self._container(time.monotonic() - started)}
+        return Reply(results, self._facts(started))
 
     def status(self) -> dict[str, Any]:
         return {

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from deploy.config import Settings
 from deploy.engine import EngineConfig, free_port
 from deploy.local_model import local_engine_config
-from deploy.transport import LocalTransport
+from deploy.transport_local import LocalTransport
 from deploy.wrapper import create_app
 
 __all__ = ["LocalStack"]

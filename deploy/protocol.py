@@ -4,20 +4,31 @@ Two dialects share one engine: the seed's ``POST /chat`` (``ChatRequest``) and O
 ``POST /v1/chat/completions`` (``ChatCompletionRequest``), plus the batch route. The OpenAI
 model validates the fields the wrapper must reason about and passes every other field through
 to vLLM untouched (``extra="allow"``), so new vLLM sampling options need no change here.
+
+The service's request limits live here too: ``request_models(limits)`` builds the models with
+the configured maxima as field constraints. The wrapper validates with those models and
+FastAPI documents them, so the check, the 422 body (which names the field) and the OpenAPI
+schema come from one definition and cannot drift apart.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "BatchItem",
     "BatchRequest",
     "ChatCompletionRequest",
     "ChatMessage",
     "ChatRequest",
+    "Limits",
     "Message",
+    "RequestModels",
+    "request_models",
 ]
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -98,12 +109,18 @@ class ChatCompletionRequest(BaseModel):
         return body
 
 
+class BatchItem(ChatCompletionRequest):
+    """One request of a batch: a chat completion that does not stream."""
+
+    stream: Literal[False] = False
+
+
 class BatchRequest(BaseModel):
     """Many chat completions in one call: the GPU side serves them concurrently."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    requests: list[ChatCompletionRequest] = Field(min_length=1)
+    requests: list[BatchItem] = Field(min_length=1)
     max_concurrency: int | None = Field(default=None, ge=1)
 
 
@@ -120,3 +137,57 @@ class ErrorResponse(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (``VLLM_MAX_MESSAGES``, ``VLLM_MAX_TOKENS_LIMIT``,
+    ``VLLM_MAX_BATCH``)."""
+
+    max_messages: int = 1024
+    max_tokens: int = 8192
+    max_batch: int = 256
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request models of one wrapper, with its limits as field constraints."""
+
+    chat: type[ChatRequest]
+    chat_completion: type[ChatCompletionRequest]
+    batch: type[BatchRequest]
+
+
+@lru_cache(maxsize=16)
+def request_models(limits: Limits) -> RequestModels:
+    """The request models under ``limits``. Same names as the base models (the OpenAPI schema
+    shows them so), with ``maxItems`` and ``maximum`` where the limits apply."""
+    messages_max = limits.max_messages
+    tokens_max = limits.max_tokens
+
+    class ChatRequest(_ChatRequest):
+        __doc__ = _ChatRequest.__doc__
+        messages: list[ChatMessage] = Field(min_length=1, max_length=messages_max)
+        max_tokens: int | None = Field(default=None, ge=1, le=tokens_max)
+
+    class ChatCompletionRequest(_ChatCompletionRequest):
+        __doc__ = _ChatCompletionRequest.__doc__
+        messages: list[Message] = Field(min_length=1, max_length=messages_max)
+        max_tokens: int | None = Field(default=None, ge=1, le=tokens_max)
+        max_completion_tokens: int | None = Field(default=None, ge=1, le=tokens_max)
+
+    class BatchItem(ChatCompletionRequest):
+        __doc__ = _BatchItem.__doc__
+        stream: Literal[False] = False
+
+    class BatchRequest(_BatchRequest):
+        __doc__ = _BatchRequest.__doc__
+        requests: list[BatchItem] = Field(  # type: ignore[assignment]
+            min_length=1, max_length=limits.max_batch
+        )
+
+    return RequestModels(ChatRequest, ChatCompletionRequest, BatchRequest)
+
+
+_ChatRequest, _ChatCompletionRequest = ChatRequest, ChatCompletionRequest
+_BatchItem, _BatchRequest = BatchItem, BatchRequest

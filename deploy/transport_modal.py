@@ -1,10 +1,13 @@
 """The transport the wrapper uses on Modal: function calls to the ``VLLMInference`` GPU class.
 
-The GPU class's methods run ``deploy.engine.VLLMEngine`` inside the container; this side only
-makes the calls (``.remote.aio``, ``.remote_gen.aio``) and keeps what the wrapper reports
-without waking a GPU: the class's container count from Modal's stats, its own count of
-requests in flight, the last request time and the cold starts it has seen (a reply from a
-container it has not seen before).
+The GPU class's methods run ``deploy.inference.InferenceServer`` inside the container and
+answer with ``Reply`` objects (``deploy/contract.py``) that say which container served them;
+this side only makes the calls (``.remote.aio``, ``.remote_gen.aio``), settles each reply's
+facts (a container it has not seen, booted after the call was sent: a cold start), and keeps
+what the wrapper reports without waking a GPU: the class's container counts from Modal's
+stats, its own count of requests in flight, the last request time and the cold starts seen.
+
+It imports no engine code: the wrapper's container has no vLLM, aiohttp or subprocess use.
 """
 
 from __future__ import annotations
@@ -14,13 +17,10 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from deploy.contract import BatchResults, EngineState, EngineStatus, Facts, Reply
 from deploy.errors import EngineError, EngineUnavailable
-from deploy.transport import EngineState, EngineStatus, RequestInfo
 
-__all__ = ["CONTAINER_KEY", "ModalTransport"]
-
-CONTAINER_KEY = "_vllm_autoscale_container"
-"""Field the GPU class adds to each reply: which container served it and how long it took."""
+__all__ = ["ModalTransport"]
 
 
 class ModalTransport:
@@ -56,20 +56,11 @@ class ModalTransport:
             self._obj = self._cls()
         return self._obj
 
-    def _note_reply(
-        self, container: dict[str, Any] | None, info: RequestInfo, started: float
-    ) -> None:
-        """Cold start and queue wait, from the container facts the GPU side attached."""
-        if not container:
+    def _settle(self, facts: Facts | None, sent_at: float) -> None:
+        if facts is None:  # an engine side that says nothing: no cold start is claimed
             return
-        if container["id"] not in self._seen_containers:
-            self._seen_containers.add(container["id"])
-            # Booted after this request was sent: the request waited for it.
-            if container["booted_at"] >= time.time() - (time.monotonic() - started):
-                info.cold_start = True
-                self.cold_starts += 1
-        engine_s = container.get("engine_s", 0.0)
-        info.queue_wait_s = max(0.0, time.monotonic() - started - engine_s)
+        if facts.settle(sent_at, self._seen_containers).cold_start:
+            self.cold_starts += 1
 
     @contextlib.asynccontextmanager
     async def _call(self) -> AsyncIterator[None]:
@@ -87,36 +78,31 @@ class ModalTransport:
             self._in_flight -= 1
             self._last_done = time.monotonic()
 
-    async def chat(self, body: dict[str, Any], info: RequestInfo) -> dict[str, Any]:
-        started = time.monotonic()
+    async def chat(self, body: dict[str, Any]) -> Reply[dict[str, Any]]:
+        sent_at = time.time()
         async with self._call():
-            reply = await self._instance.chat.remote.aio(body)
-        self._note_reply(reply.pop(CONTAINER_KEY, None), info, started)
+            reply: Reply[dict[str, Any]] = await self._instance.chat.remote.aio(body)
+        self._settle(reply.facts, sent_at)
         return reply
 
-    async def stream(
-        self, body: dict[str, Any], info: RequestInfo
-    ) -> AsyncIterator[dict[str, Any]]:
-        started = time.monotonic()
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[Reply[dict[str, Any]]]:
+        sent_at = time.time()
         async with self._call():
-            async for chunk in self._instance.stream.remote_gen.aio(body):
-                container = chunk.pop(CONTAINER_KEY, None)
-                if container is not None:  # the first item only says who serves the stream
-                    self._note_reply(container, info, started)
-                    continue
-                yield chunk
+            async for part in self._instance.stream.remote_gen.aio(body):
+                if part.facts is not None:
+                    self._settle(part.facts, sent_at)
+                yield part
 
     async def batch(
-        self,
-        bodies: Sequence[dict[str, Any]],
-        info: RequestInfo,
-        max_concurrency: int | None = None,
-    ) -> list[dict[str, Any] | EngineError]:
-        started = time.monotonic()
+        self, bodies: Sequence[dict[str, Any]], max_concurrency: int | None = None
+    ) -> Reply[BatchResults]:
+        sent_at = time.time()
         async with self._call():
-            reply = await self._instance.batch.remote.aio(list(bodies), max_concurrency)
-        self._note_reply(reply["container"], info, started)
-        return reply["results"]
+            reply: Reply[BatchResults] = await self._instance.batch.remote.aio(
+                list(bodies), max_concurrency
+            )
+        self._settle(reply.facts, sent_at)
+        return reply
 
     async def _current_stats(self) -> dict[str, int] | None:
         if self._stats is None:

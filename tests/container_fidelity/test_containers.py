@@ -232,13 +232,14 @@ def test_gpu_container_runs_the_class_command_line(gpu_container) -> None:
 
 def test_gpu_container_answers(gpu_container) -> None:
     report = gpu_container["report"]
-    chat = report["chat"]
+    chat, facts = report["chat"]["body"], report["chat"]["facts"]
     assert chat["choices"][0]["message"]["content"]
     assert chat["model"] == Settings().model
-    container = chat["_vllm_autoscale_container"]
-    assert container["id"] and container["booted_at"] > 0
-    first, *chunks = report["stream"]
-    assert first == {"_vllm_autoscale_container": {**container, "engine_s": 0.0}}
+    assert facts["container"] and facts["booted_at"] > 0 and facts["engine_s"] > 0
+    first, *rest = report["stream"]
+    assert first["facts"]["container"] == facts["container"]  # the first chunk says who served
+    assert all(part["facts"] is None for part in rest)
+    chunks = [part["body"] for part in report["stream"]]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert report["status"]["served"] == 2 and report["stopped"] is True
 

@@ -70,7 +70,8 @@ async def test_plain_start_serves_with_its_own_id(tmp_path) -> None:
     await srv.start()
     reply = await srv.chat({"messages": []})
     assert engine.calls == ["start", "chat"]
-    assert reply["_vllm_autoscale_container"]["id"] == srv.container_id != ""
+    assert reply.facts is not None and reply.facts.container == srv.container_id != ""
+    assert reply.body == {"choices": [{"message": {"content": "hi"}}]}
 
 
 def test_local_weights_are_used_in_place(tmp_path) -> None:

@@ -7,7 +7,9 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from deploy.errors import EngineUnavailable
-from deploy.wrapper import _END, _HEARTBEAT, _StreamPump
+from deploy.wrapper.streaming import END as _END
+from deploy.wrapper.streaming import HEARTBEAT as _HEARTBEAT
+from deploy.wrapper.streaming import StreamPump as _StreamPump
 
 
 async def _drain(pump: _StreamPump) -> list[object]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from dataclasses import asdict
 import os
 import sys
 from pathlib import Path
@@ -39,8 +40,8 @@ async def main() -> None:
         "command": engine.config.command(engine.port),
         "engine_env": dict(e.split("=", 1) for e in environ.split("\0") if "=" in e),
         "parent_env_names": sorted(os.environ),
-        "chat": await raw_method(user_cls, "chat")(container, BODY),
-        "stream": [c async for c in raw_method(user_cls, "stream")(container, BODY)],
+        "chat": asdict(await raw_method(user_cls, "chat")(container, BODY)),
+        "stream": [asdict(c) async for c in raw_method(user_cls, "stream")(container, BODY)],
         "status": raw_method(user_cls, "status")(container),
     }
     await raw_method(user_cls, "stop")(container)

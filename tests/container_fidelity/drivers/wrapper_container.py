@@ -15,11 +15,11 @@ module_name, port, report_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 app_module = import_app(module_name)
 
 from deploy.config import Settings  # noqa: E402  (from the staged files)
-from deploy.transport_modal import CONTAINER_KEY  # noqa: E402
+from deploy.contract import Facts, Reply  # noqa: E402
 
 
-def recorded_reply(body: dict[str, Any]) -> dict[str, Any]:
-    return {
+def recorded_reply(body: dict[str, Any]) -> Reply[dict[str, Any]]:
+    answer = {
         "id": "chatcmpl-standin",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -32,8 +32,8 @@ def recorded_reply(body: dict[str, Any]) -> dict[str, Any]:
             }
         ],
         "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15},
-        CONTAINER_KEY: {"id": "standin", "booted_at": time.time(), "engine_s": 0.01},
     }
+    return Reply(answer, Facts(container="standin", booted_at=time.time(), engine_s=0.01))
 
 
 class GpuClassStandIn:
@@ -42,7 +42,7 @@ class GpuClassStandIn:
     calls: list[str] = []
 
     def __init__(self) -> None:
-        async def chat(body: dict[str, Any]) -> dict[str, Any]:
+        async def chat(body: dict[str, Any]) -> Reply[dict[str, Any]]:
             self.calls.append("chat")
             return recorded_reply(body)
 

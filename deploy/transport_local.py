@@ -1,10 +1,9 @@
-"""How the wrapper reaches the engine: the transport interface and the local transport.
+"""The local transport: a vLLM process on this machine that lives the life of a Modal container.
 
-The wrapper only ever talks to an ``EngineTransport``. Locally that is ``LocalTransport``,
-which owns a ``VLLMEngine`` process and gives it Modal's life: started by the first request
-(or ``warmup``), stopped after ``scaledown_window`` idle seconds, with requests that arrive
-during a start waiting in a bounded queue. On Modal it is ``ModalTransport``
-(``deploy/transport_modal.py``), which makes Modal function calls to the GPU class.
+``LocalTransport`` owns a ``VLLMEngine`` and gives it Modal's life: started by the first
+request (or ``warmup``), stopped after ``scaledown_window`` idle seconds, with requests that
+arrive during a start waiting in a bounded queue. It is what ``vllm-autoscale serve --local``,
+the tests and the benchmarks run; on Modal the wrapper uses ``ModalTransport`` instead.
 """
 
 from __future__ import annotations
@@ -13,72 +12,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
+from deploy.contract import BatchResults, EngineState, EngineStatus, Facts, Reply
 from deploy.engine import EngineConfig, VLLMEngine
 from deploy.errors import EngineError, EngineStartError, EngineUnavailable, Overloaded
 
-__all__ = ["EngineState", "EngineStatus", "EngineTransport", "LocalTransport", "RequestInfo"]
-
-EngineState = Literal["cold", "starting", "warm", "failed"]
-
-
-@dataclass
-class RequestInfo:
-    """Filled in by the transport while it serves one request; the wrapper reports it."""
-
-    cold_start: bool = False
-    """This request waited for the engine to start."""
-    queue_wait_s: float = 0.0
-    """Seconds spent waiting for the engine to be ready."""
-
-
-@dataclass
-class EngineStatus:
-    """What the wrapper knows about the engine without waking it."""
-
-    state: EngineState
-    queue_depth: int
-    in_flight: int
-    cold_starts: int
-    scaledown_window: float | None
-    last_request_at: float | None = None
-    """Unix time of the last request the engine served."""
-    last_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "extra"}
-        data.update(self.extra)
-        return data
-
-
-class EngineTransport(Protocol):
-    """The engine as the wrapper sees it: OpenAI chat-completion bodies in, dicts out."""
-
-    model_name: str
-
-    async def chat(self, body: dict[str, Any], info: RequestInfo) -> dict[str, Any]: ...
-
-    def stream(self, body: dict[str, Any], info: RequestInfo) -> AsyncIterator[dict[str, Any]]: ...
-
-    async def batch(
-        self,
-        bodies: Sequence[dict[str, Any]],
-        info: RequestInfo,
-        max_concurrency: int | None = None,
-    ) -> list[dict[str, Any] | EngineError]: ...
-
-    async def status(self) -> EngineStatus:
-        """Must never start the engine."""
-        ...
-
-    async def warmup(self) -> EngineStatus:
-        """Begin starting the engine and return at once."""
-        ...
-
-    async def aclose(self) -> None: ...
+__all__ = ["LocalTransport"]
 
 
 class LocalTransport:
@@ -140,7 +80,7 @@ class LocalTransport:
             self.state = "cold"  # the process died; the next request starts a new one
             self.last_error = self.last_error or "the engine process exited"
 
-    async def _ready(self, info: RequestInfo) -> None:
+    async def _ready(self, facts: Facts) -> None:
         """Return once the engine is warm, starting it if needed (the queue of a cold start)."""
         self._refresh_state()
         if self.state == "warm":
@@ -152,7 +92,7 @@ class LocalTransport:
             )
         self._waiting += 1
         began = time.monotonic()
-        info.cold_start = True
+        facts.cold_start = True
         try:
             await asyncio.wait_for(asyncio.shield(self._begin_start()), self.queue_timeout)
         except asyncio.TimeoutError:
@@ -161,11 +101,11 @@ class LocalTransport:
             ) from None
         finally:
             self._waiting -= 1
-            info.queue_wait_s = time.monotonic() - began
+            facts.queue_wait_s = time.monotonic() - began
 
     @contextlib.asynccontextmanager
-    async def _serving(self, info: RequestInfo) -> AsyncIterator[None]:
-        await self._ready(info)
+    async def _serving(self, facts: Facts) -> AsyncIterator[None]:
+        await self._ready(facts)
         self._in_flight += 1
         self.last_request_at = time.time()
         try:
@@ -200,7 +140,7 @@ class LocalTransport:
 
     async def ensure_warm(self) -> None:
         """Start the engine if needed and wait until it serves."""
-        await self._ready(RequestInfo())
+        await self._ready(Facts())
 
     async def scale_down(self) -> None:
         """Stop the engine now (what the idle timer does after ``scaledown_window``)."""
@@ -212,31 +152,31 @@ class LocalTransport:
         await self.engine.aclose()
         await asyncio.to_thread(self.engine.stop)
 
-    # -- EngineTransport -----------------------------------------------------------------------
+    # -- EngineTransport (deploy/contract.py) --------------------------------------------
 
-    async def chat(self, body: dict[str, Any], info: RequestInfo) -> dict[str, Any]:
-        async with self._serving(info):
-            return await self.engine.chat(body)
+    async def chat(self, body: dict[str, Any]) -> Reply[dict[str, Any]]:
+        facts = Facts()
+        async with self._serving(facts):
+            return Reply(await self.engine.chat(body), facts)
 
-    async def stream(
-        self, body: dict[str, Any], info: RequestInfo
-    ) -> AsyncIterator[dict[str, Any]]:
-        async with self._serving(info):
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[Reply[dict[str, Any]]]:
+        facts = Facts()
+        async with self._serving(facts):
+            first = True
             async for chunk in self.engine.stream(body):
-                yield chunk
+                yield Reply(chunk, facts if first else None)  # the first chunk carries them
+                first = False
 
     async def batch(
-        self,
-        bodies: Sequence[dict[str, Any]],
-        info: RequestInfo,
-        max_concurrency: int | None = None,
-    ) -> list[dict[str, Any] | EngineError]:
-        async with self._serving(info):
+        self, bodies: Sequence[dict[str, Any]], max_concurrency: int | None = None
+    ) -> Reply[BatchResults]:
+        facts = Facts()
+        async with self._serving(facts):
             results = await self.engine.batch(bodies, max_concurrency)
         for result in results:
             if isinstance(result, EngineUnavailable):
                 self._note_failure(result)
-        return results
+        return Reply(results, facts)
 
     async def status(self) -> EngineStatus:
         self._refresh_state()

@@ -1,0 +1,77 @@
+"""Assembly: ``create_app(transport, settings)`` puts the wrapper's parts together.
+
+The order matters in two places: the hot route is the router's first route (it is matched
+first), and ``RequestContext`` is the outermost middleware (it sees every request, the
+rejected ones included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+
+from deploy.config import SERVICE_NAME, SERVICE_VERSION, Settings
+from deploy.contract import EngineTransport
+from deploy.metrics import Metrics
+from deploy.protocol import RequestModels, request_models
+from deploy.wrapper import handlers, routes_openai, routes_seed, routes_service
+from deploy.wrapper.middleware import RequestContext
+from deploy.wrapper.service import InferenceService
+
+__all__ = ["create_app"]
+
+DESCRIPTION = "Always-on wrapper in front of a scale-to-zero vLLM engine."
+
+
+def create_app(transport: EngineTransport, settings: Settings | None = None) -> FastAPI:
+    """The wrapper app over ``transport``; ``settings`` default to the environment's."""
+    settings = settings or Settings.load()
+    models = request_models(settings.limits)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await transport.aclose()
+
+    app = FastAPI(
+        title=SERVICE_NAME, version=SERVICE_VERSION, description=DESCRIPTION, lifespan=lifespan
+    )
+    metrics = Metrics()
+    app.state.settings = settings
+    app.state.transport = transport
+    app.state.metrics = metrics
+    app.state.service = InferenceService(transport, settings, metrics)
+    key = settings.wrapper_api_key
+    app.state.api_key = key.get_secret_value().encode() if key else None
+
+    handlers.install(app)
+    app.router.routes.append(routes_openai.hot_route(models))  # first: matched first
+    app.include_router(routes_seed.router(models))
+    app.include_router(routes_openai.router(models))
+    app.include_router(routes_service.router)
+    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.openapi = lambda: _openapi(app, models)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI, models: RequestModels) -> dict[str, Any]:
+    """FastAPI's schema plus the hot route, all from the same request models."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    _, defs = models_json_schema(
+        [(models.chat_completion, "validation")], ref_template="#/components/schemas/{model}"
+    )
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name, definition in defs.get("$defs", {}).items():
+        schemas.setdefault(name, definition)
+    schema["paths"] = {**routes_openai.openapi_paths(models), **schema["paths"]}
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,100 @@
+"""The wrapper's own errors, and the JSON answer every error gets (OpenAI's shape).
+
+Every failure answers ``{"error": {"message", "type", "param", "code"}}``: a request that
+breaks a rule names the field in ``param``; an engine failure keeps its status and, when it
+is worth retrying, a ``Retry-After`` header.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deploy.errors import EngineError, error_body
+
+__all__ = ["AuthError", "ClientGone", "InvalidRequest", "engine_error_response", "install"]
+
+
+class InvalidRequest(Exception):
+    """A request that is well-formed JSON but breaks a rule; answered 4xx naming the field."""
+
+    def __init__(self, message: str, param: str, status: int = HTTPStatus.UNPROCESSABLE_ENTITY):
+        super().__init__(message)
+        self.message, self.param, self.status = message, param, status
+
+
+class AuthError(Exception):
+    """No key, or the wrong one."""
+
+
+class ClientGone(Exception):
+    """The caller disconnected; its engine work was cancelled."""
+
+
+def engine_error_response(exc: EngineError) -> JSONResponse:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(int(exc.retry_after))
+    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
+
+
+async def _auth_error(_: Request, __: Exception) -> JSONResponse:
+    return JSONResponse(
+        error_body("missing or invalid API key: send 'Authorization: Bearer <key>'",
+                   type="authentication_error", code=401),
+        status_code=HTTPStatus.UNAUTHORIZED,
+        headers={"WWW-Authenticate": "Bearer"},
+    )  # fmt: skip
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or "body"
+    body = error_body(f"{param}: {first.get('msg', 'invalid request')}", param=param, code=422)
+    body["detail"] = json.loads(json.dumps(errors, default=str))
+    return JSONResponse(body, status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's own errors (unparsable body, unknown route, wrong method) in our shape.
+    assert isinstance(exc, StarletteHTTPException)
+    param = "body" if exc.status_code == HTTPStatus.BAD_REQUEST else None
+    return JSONResponse(
+        error_body(str(exc.detail), param=param, code=exc.status_code),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _client_gone(_: Request, __: Exception) -> Response:
+    return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+
+async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidRequest)
+    return JSONResponse(
+        error_body(exc.message, param=exc.param, code=exc.status), status_code=exc.status
+    )
+
+
+async def _engine_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, EngineError)
+    return engine_error_response(exc)
+
+
+def install(app: FastAPI) -> None:
+    """Register every handler on ``app``."""
+    app.add_exception_handler(AuthError, _auth_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientGone, _client_gone)
+    app.add_exception_handler(InvalidRequest, _invalid_request)
+    app.add_exception_handler(EngineError, _engine_error)

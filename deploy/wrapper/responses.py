@@ -1,0 +1,14 @@
+"""The error answers each route documents in the OpenAPI schema (all in OpenAI's shape)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deploy.protocol import ErrorResponse
+
+__all__ = ["AUTH_ERRORS", "INFERENCE_ERRORS"]
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
+INFERENCE_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429, 503)
+}

@@ -1,0 +1,105 @@
+"""The OpenAI-compatible API: ``/v1/chat/completions`` (plain or streamed), the batch route
+and ``/v1/models``.
+
+``/v1/chat/completions`` is the hot path. It is a plain Starlette route (``HotRoute``): no
+FastAPI dependency solving, one pydantic parse of the raw bytes, its errors through the app's
+exception handlers like any route's. ``openapi_paths`` documents it from the same request
+model it validates with.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the body model from the annotation,
+# and that model is built per app (its limits come from the settings).
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.routing import Match, Route
+from starlette.types import Scope
+
+from deploy.protocol import ErrorResponse, RequestModels
+from deploy.wrapper.auth import ApiKey, require_api_key
+from deploy.wrapper.responses import AUTH_ERRORS, INFERENCE_ERRORS
+from deploy.wrapper.service import InferenceService, Service
+
+__all__ = ["CHAT_COMPLETIONS", "HotRoute", "hot_route", "openapi_paths", "router"]
+
+CHAT_COMPLETIONS = "/v1/chat/completions"
+
+
+class HotRoute(Route):
+    """A Starlette route that names itself in the scope (the metrics' route label)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is Match.FULL:
+            child["route"] = self
+        return match, child
+
+
+def hot_route(models: RequestModels) -> HotRoute:
+    """``POST /v1/chat/completions``, validated with ``models.chat_completion``."""
+    model = models.chat_completion
+
+    async def chat_completions(request: Request) -> Response:
+        await require_api_key(request)
+        try:
+            req = model.model_validate_json(await request.body())
+        except ValidationError as exc:  # the same 422 as FastAPI's own validation
+            raise RequestValidationError(exc.errors(include_url=False)) from None
+        service: InferenceService = request.app.state.service
+        body = service.engine_body(req)
+        if req.stream:
+            return await service.stream(request, body)
+        return await service.completion_response(request, body)
+
+    return HotRoute(CHAT_COMPLETIONS, chat_completions, methods=["POST"])
+
+
+def openapi_paths(models: RequestModels) -> dict[str, Any]:
+    """The hot route's OpenAPI entry (FastAPI documents only its own routes)."""
+    ref = "#/components/schemas/{}"
+    errors = {
+        str(code): {"description": "Error", "content": {"application/json": {"schema": {
+            "$ref": ref.format(ErrorResponse.__name__)}}}}
+        for code in INFERENCE_ERRORS
+    }  # fmt: skip
+    operation = {
+        "summary": "Chat Completions",
+        "operationId": "chat_completions_v1_chat_completions_post",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "$ref": ref.format(models.chat_completion.__name__)}}}},
+        "responses": {
+            "200": {
+                "description": "A chat completion, or with stream=true a text/event-stream",
+                "content": {"application/json": {"schema": {}}, "text/event-stream": {}},
+            },
+            **errors,
+        },
+    }  # fmt: skip
+    return {CHAT_COMPLETIONS: {"post": operation}}
+
+
+def router(limited: RequestModels) -> APIRouter:
+    api = APIRouter()
+    BatchRequest = limited.batch
+
+    @api.post(f"{CHAT_COMPLETIONS}/batch", responses=INFERENCE_ERRORS)
+    async def chat_batch(
+        req: BatchRequest, request: Request, service: Service, _: ApiKey
+    ) -> JSONResponse:
+        result, meta = await service.batch(request, req)
+        return JSONResponse(result, headers=service.meta_headers(meta))
+
+    @api.get("/v1/models", responses=AUTH_ERRORS)
+    async def models(service: Service, _: ApiKey) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": service.model_name, "object": "model", "created": 0,
+                 "owned_by": "vllm-autoscale"}
+            ],
+        }  # fmt: skip
+
+    return api

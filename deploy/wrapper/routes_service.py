@@ -1,0 +1,44 @@
+"""The service's own routes: ``/status``, ``/warmup``, ``/metrics`` (all need the key).
+
+``/status`` and ``/metrics`` never wake the engine; ``/warmup`` starts it and returns at once.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import PlainTextResponse, Response
+
+from deploy.wrapper.auth import require_api_key
+from deploy.wrapper.responses import AUTH_ERRORS
+from deploy.wrapper.service import InferenceService, Service
+
+__all__ = ["router"]
+
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=AUTH_ERRORS)
+
+
+async def _status(service: InferenceService) -> dict[str, Any]:
+    st = await service.transport.status()
+    service.metrics.queue_depth.set(st.queue_depth)
+    service.metrics.cold_starts.set(st.cold_starts)
+    return {"model": service.model_name, **st.to_dict()}
+
+
+@router.get("/status")
+async def status(service: Service) -> dict[str, Any]:
+    return await _status(service)
+
+
+@router.post("/warmup", status_code=HTTPStatus.ACCEPTED)
+async def warmup(service: Service) -> dict[str, Any]:
+    st = await service.transport.warmup()
+    return {"model": service.model_name, **st.to_dict()}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(service: Service) -> Response:
+    await _status(service)  # refreshes the queue and cold-start gauges
+    return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")

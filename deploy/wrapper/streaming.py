@@ -1,0 +1,87 @@
+"""Streaming: the pump that reads an engine stream with heartbeats, and its SSE response.
+
+A stream waiting for a cold engine sends SSE comment heartbeats (``: keep-alive``) so that
+proxies and clients keep the connection; the pump reads the engine in one task into a
+bounded queue and puts a heartbeat in whenever ``interval`` passes without an item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["DONE", "END", "HEARTBEAT", "KEEP_ALIVE", "PumpedStream", "StreamPump", "sse"]
+
+HEARTBEAT, END = object(), object()
+DONE = b"data: [DONE]\n\n"
+KEEP_ALIVE = b": keep-alive\n\n"
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+class StreamPump:
+    """Reads a stream in one task into a queue, and puts ``HEARTBEAT`` in whenever
+    ``interval`` passes without an item: the reader awaits one queue, with no task or timer
+    per chunk. Items are chunks, then ``END``, or the exception that ended the stream."""
+
+    def __init__(self, source: AsyncIterator[Any], interval: float) -> None:
+        self._source, self._interval = source, interval
+        self._loop = asyncio.get_running_loop()
+        # Bounded: a slow reader holds the engine stream back instead of buffering it all.
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        self._last = self._loop.time()
+        self._task = asyncio.ensure_future(self._run())
+        self._timer = self._loop.call_at(self._last + interval, self._tick)
+
+    async def _run(self) -> None:
+        try:
+            async for item in self._source:
+                self._last = self._loop.time()
+                await self._queue.put(item)
+            end: Any = END
+        except Exception as exc:  # handed to the reader, which decides what the caller sees
+            end = exc
+        await self._queue.put(end)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        if now >= self._last + self._interval:
+            if self._queue.empty():
+                self._queue.put_nowait(HEARTBEAT)
+            self._last = now
+        self._timer = self._loop.call_at(self._last + self._interval, self._tick)
+
+    async def get(self) -> Any:
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        self._timer.cancel()
+        if not self._task.done():
+            self._task.cancel()
+            # The source cannot be closed while a read of it still runs.
+            with contextlib.suppress(BaseException):
+                await self._task
+        await self._source.aclose()  # type: ignore[attr-defined]
+
+
+class PumpedStream(StreamingResponse):
+    """A streaming response that stops its pump however it ends: finished, failed, or the
+    client gone before the first byte (when the body iterator never even starts)."""
+
+    def __init__(self, content: AsyncIterator[bytes], pump: StreamPump, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._pump = pump
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._pump.aclose()
