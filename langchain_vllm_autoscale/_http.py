@@ -74,10 +74,22 @@ def _sse_data(line: str) -> dict[str, Any] | bool | None:
     data = line[5:].strip()
     if data == "[DONE]":
         return True
-    payload = json.loads(data)
+    try:
+        payload = json.loads(data)
+    except ValueError:  # not JSON: a proxy's page, a cut line
+        raise error_from_response(502, f"the stream sent a malformed event: {data[:200]}") from None
     if isinstance(payload, dict) and "error" in payload and not payload.get("choices"):
-        raise error_from_response(int(payload["error"].get("code") or 503), payload)
+        raise error_from_response(_event_status(payload["error"]), payload)
     return payload
+
+
+def _event_status(error: Any) -> int:
+    """The HTTP status an error event stands for: its numeric ``code`` (the wrapper's and
+    vLLM's), else 400 for an OpenAI-style named code, else 503."""
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
+        return int(code)
+    return 400 if code else 503
 
 
 async def _close_with_loop(client: httpx.AsyncClient) -> AsyncIterator[None]:

@@ -69,7 +69,11 @@ def _tool_calls(raw_calls: list[dict[str, Any]] | None) -> tuple[list[Any], list
         except Exception as exc:
             invalid.append(make_invalid_tool_call(raw, str(exc)))
             continue
-        if parsed:
+        if parsed and not isinstance(parsed.get("args"), dict):
+            # Valid JSON that is not an object ("[1, 2]", "5"): one bad call from a small
+            # model is an invalid call, as in a stream, not a failed response.
+            invalid.append(make_invalid_tool_call(raw, "arguments are not a JSON object"))
+        elif parsed:
             tool_calls.append(parsed)
     return tool_calls, invalid
 
@@ -159,9 +163,14 @@ class StreamState:
         ]
         content = delta.get("content") or ""
         logprobs = choice.get("logprobs")
-        if not content and not chunks and logprobs is None:
+        # vLLM's reasoning parsers stream the reasoning beside the content (the field's name
+        # depends on the version); kept where the non-streamed path keeps it.
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if not content and not chunks and logprobs is None and not reasoning:
             return None
         message = AIMessageChunk(content=content, tool_call_chunks=chunks, id=event.get("id"))
+        if reasoning:
+            message.additional_kwargs["reasoning_content"] = reasoning
         info = None
         if logprobs is not None:
             message.response_metadata["logprobs"] = logprobs

@@ -66,8 +66,11 @@ def _openapi(app: FastAPI, models: RequestModels) -> dict[str, Any]:
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
+    # The inference routes read their bodies themselves (after auth): their request models
+    # join the schema here, from the same classes that validate.
+    request_bodies = (models.chat, models.chat_completion, models.batch)
     _, defs = models_json_schema(
-        [(models.chat_completion, "validation")], ref_template="#/components/schemas/{model}"
+        [(m, "validation") for m in request_bodies], ref_template="#/components/schemas/{model}"
     )
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     for name, definition in defs.get("$defs", {}).items():

@@ -8,16 +8,29 @@ is worth retrying, a ``Retry-After`` header.
 from __future__ import annotations
 
 import json
+import logging
 from http import HTTPStatus
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deploy.errors import EngineError, error_body
 
-__all__ = ["AuthError", "ClientGone", "InvalidRequest", "engine_error_response", "install"]
+__all__ = [
+    "AuthError",
+    "ClientGone",
+    "InvalidRequest",
+    "engine_error_response",
+    "install",
+    "parse_body",
+]
+
+log = logging.getLogger("vllm_autoscale.wrapper")
+M = TypeVar("M", bound=BaseModel)
 
 
 class InvalidRequest(Exception):
@@ -34,6 +47,14 @@ class AuthError(Exception):
 
 class ClientGone(Exception):
     """The caller disconnected; its engine work was cancelled."""
+
+
+def parse_body(model: type[M], raw: bytes) -> M:
+    """Validate a raw JSON body in one step; errors take the path of FastAPI's own."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
 def engine_error_response(exc: EngineError) -> JSONResponse:
@@ -57,7 +78,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or "body"
+    # Unparsable JSON is the body's fault (its loc holds a character offset, not a field).
+    param = "body" if first.get("type") == "json_invalid" else ".".join(loc) or "body"
     body = error_body(f"{param}: {first.get('msg', 'invalid request')}", param=param, code=422)
     body["detail"] = json.loads(json.dumps(errors, default=str))
     return JSONResponse(body, status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
@@ -90,8 +112,19 @@ async def _engine_error(_: Request, exc: Exception) -> JSONResponse:
     return engine_error_response(exc)
 
 
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # A bug, not the caller's fault: logged with its traceback, answered without details.
+    log.error("unexpected error", exc_info=exc,
+              extra={"request_id": getattr(request.state, "request_id", None)})  # fmt: skip
+    return JSONResponse(
+        error_body("internal error in the wrapper", type="internal_error", code=500),
+        status_code=HTTPStatus.INTERNAL_SERVER_ERROR,
+    )
+
+
 def install(app: FastAPI) -> None:
     """Register every handler on ``app``."""
+    app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(AuthError, _auth_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -72,7 +72,9 @@ class RequestContext:
             receive, too_large = await self._buffer_body(receive)
         if too_large:
             response = JSONResponse(
-                error_body(f"request body exceeds {self.max_body_bytes} bytes", param="body"),
+                error_body(
+                    f"request body exceeds {self.max_body_bytes} bytes", param="body", code=413
+                ),
                 status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
             await response(scope, receive, send_with_id)

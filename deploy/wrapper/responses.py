@@ -6,9 +6,15 @@ from typing import Any
 
 from deploy.protocol import ErrorResponse
 
-__all__ = ["AUTH_ERRORS", "INFERENCE_ERRORS"]
+__all__ = ["AUTH_ERRORS", "INFERENCE_ERRORS", "json_body"]
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
 INFERENCE_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429, 503)
 }
+
+
+def json_body(model: type) -> dict[str, Any]:
+    """OpenAPI for a route that reads its JSON body itself (after auth), with ``model``."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}

@@ -7,20 +7,19 @@ exception handlers like any route's. ``openapi_paths`` documents it from the sam
 model it validates with.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the body model from the annotation,
-# and that model is built per app (its limits come from the settings).
+from __future__ import annotations
+
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from deploy.protocol import ErrorResponse, RequestModels
 from deploy.wrapper.auth import ApiKey, require_api_key
-from deploy.wrapper.responses import AUTH_ERRORS, INFERENCE_ERRORS
+from deploy.wrapper.handlers import parse_body
+from deploy.wrapper.responses import AUTH_ERRORS, INFERENCE_ERRORS, json_body
 from deploy.wrapper.service import InferenceService, Service
 
 __all__ = ["CHAT_COMPLETIONS", "HotRoute", "hot_route", "openapi_paths", "router"]
@@ -44,10 +43,7 @@ def hot_route(models: RequestModels) -> HotRoute:
 
     async def chat_completions(request: Request) -> Response:
         await require_api_key(request)
-        try:
-            req = model.model_validate_json(await request.body())
-        except ValidationError as exc:  # the same 422 as FastAPI's own validation
-            raise RequestValidationError(exc.errors(include_url=False)) from None
+        req = parse_body(model, await request.body())
         service: InferenceService = request.app.state.service
         body = service.engine_body(req)
         if req.stream:
@@ -68,8 +64,7 @@ def openapi_paths(models: RequestModels) -> dict[str, Any]:
     operation = {
         "summary": "Chat Completions",
         "operationId": "chat_completions_v1_chat_completions_post",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "$ref": ref.format(models.chat_completion.__name__)}}}},
+        **json_body(models.chat_completion),
         "responses": {
             "200": {
                 "description": "A chat completion, or with stream=true a text/event-stream",
@@ -83,12 +78,15 @@ def openapi_paths(models: RequestModels) -> dict[str, Any]:
 
 def router(limited: RequestModels) -> APIRouter:
     api = APIRouter()
-    BatchRequest = limited.batch
 
-    @api.post(f"{CHAT_COMPLETIONS}/batch", responses=INFERENCE_ERRORS)
-    async def chat_batch(
-        req: BatchRequest, request: Request, service: Service, _: ApiKey
-    ) -> JSONResponse:
+    @api.post(
+        f"{CHAT_COMPLETIONS}/batch",
+        responses=INFERENCE_ERRORS,
+        openapi_extra=json_body(limited.batch),
+    )
+    async def chat_batch(request: Request, service: Service) -> JSONResponse:
+        await require_api_key(request)  # before the body is read: no key, no parsing
+        req = parse_body(limited.batch, await request.body())
         result, meta = await service.batch(request, req)
         return JSONResponse(result, headers=service.meta_headers(meta))
 

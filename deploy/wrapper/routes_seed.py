@@ -3,8 +3,8 @@
 ``/`` and ``/health`` never wake the engine and need no key.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the body model from the annotation,
-# and that model is built per app (its limits come from the settings).
+from __future__ import annotations
+
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse
 
 from deploy.config import SERVICE_NAME, SERVICE_VERSION
 from deploy.protocol import RequestModels
-from deploy.wrapper.auth import ApiKey
-from deploy.wrapper.responses import INFERENCE_ERRORS
+from deploy.wrapper.auth import require_api_key
+from deploy.wrapper.handlers import parse_body
+from deploy.wrapper.responses import INFERENCE_ERRORS, json_body
 from deploy.wrapper.service import Service
 
 __all__ = ["router"]
@@ -28,7 +29,6 @@ def _window_text(seconds: float) -> str:
 
 def router(models: RequestModels) -> APIRouter:
     api = APIRouter()
-    ChatRequest = models.chat
 
     @api.get("/")
     async def root(service: Service) -> dict[str, Any]:
@@ -55,8 +55,10 @@ def router(models: RequestModels) -> APIRouter:
             "engine_state": status.state,
         }
 
-    @api.post("/chat", responses=INFERENCE_ERRORS)
-    async def chat(req: ChatRequest, request: Request, service: Service, _: ApiKey) -> JSONResponse:
+    @api.post("/chat", responses=INFERENCE_ERRORS, openapi_extra=json_body(models.chat))
+    async def chat(request: Request, service: Service) -> JSONResponse:
+        await require_api_key(request)  # before the body is read: no key, no parsing
+        req = parse_body(models.chat, await request.body())
         result, meta = await service.complete(request, service.seed_body(req))
         choice = (result.get("choices") or [{}])[0]
         message = choice.get("message") or {}

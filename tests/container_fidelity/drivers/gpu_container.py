@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from dataclasses import asdict
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from _container import import_app, raw_method, report
