@@ -13,15 +13,23 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from deploy.logs import configure_logging
+from .logs import configure_logging
 
 __all__ = ["main"]
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from deploy.local_model import LocalModelError, default_cache_dir
-    from deploy.local_stack import LocalStack
+def _need(module: str, extra: str, what: str) -> None:
+    """Fail in one line, naming the extra, when an optional dependency is missing."""
+    import importlib.util
 
+    if importlib.util.find_spec(module) is None:
+        raise CliError(
+            f"{what} needs the '{extra}' extra: pip install './deploy[{extra}]' from a clone "
+            f"(the vllm-autoscale-server[{extra}] distribution)"
+        )
+
+
+def _serve(args: argparse.Namespace) -> int:
     if not args.local:
         print(
             "serve runs the local stack (--local); on Modal the wrapper is served by "
@@ -29,6 +37,10 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    _need("vllm", "local", "`vllm-autoscale serve --local`")
+    from .local_model import LocalModelError, default_cache_dir
+    from .local_stack import LocalStack
+
     # With a command to run, its output is the point: only warnings from the service, and
     # vLLM's own output in a file (a failed start still quotes its last lines).
     configure_logging(args.log_level or ("WARNING" if args.command else "INFO"))
@@ -97,7 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _cost(args: argparse.Namespace) -> int:
     import json
 
-    from deploy.cost import PRESETS, curve, estimate, inputs_from_preset
+    from .cost import PRESETS, curve, estimate, inputs_from_preset
 
     try:
         inputs = inputs_from_preset(
@@ -147,6 +159,7 @@ def _cost(args: argparse.Namespace) -> int:
 
 
 def _plot_cost(points: list[dict[str, float]], path: str, title: str) -> None:
+    _need("matplotlib", "plot", "`vllm-autoscale cost --plot`")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,7 +308,7 @@ def _check_secret(settings: Any) -> None:
 
 
 def _print_manifests(settings: Any) -> None:
-    from deploy.modal_manifest import collect
+    from .modal_manifest import collect
 
     try:
         manifests = collect()
@@ -313,7 +326,7 @@ def _print_manifests(settings: Any) -> None:
 def _deploy(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from deploy.config import Settings
+    from .config import Settings
 
     try:
         settings = Settings()
@@ -340,12 +353,13 @@ def _deploy(args: argparse.Namespace) -> int:
     )
     if warning := settings.parser_warning():
         print(f"warning: {warning}", file=sys.stderr)
-    import importlib.util
-
-    if importlib.util.find_spec("modal") is None:
+    _need("modal", "modal", "`vllm-autoscale deploy`")
+    if app_file.parent.name != "deploy":
+        # modal_app.py imports `deploy`, and modal ships the checkout's files: an installed
+        # copy of the server is not a checkout.
         raise CliError(
-            "modal is not installed here",
-            "from a clone of this repository: pip install -e '.[modal]'",
+            "`vllm-autoscale deploy` ships the files of a clone of the repository; run it "
+            "from one (git clone, then pip install -e . -e './deploy[modal]')"
         )
     if args.dry_run:
         _print_manifests(settings)

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deploy.protocol import Limits
+from .protocol import Limits
 
 if TYPE_CHECKING:  # the engine (aiohttp, subprocess) is imported only where it runs
-    from deploy.engine import EngineConfig
+    from .engine import EngineConfig
 
 __all__ = [
     "BAKED_SETTINGS_ENV",
@@ -257,7 +257,7 @@ class Settings(BaseSettings):
 
     def gpu_engine_config(self) -> EngineConfig:
         """The engine as the Modal GPU container runs it (CUDA vLLM)."""
-        from deploy.engine import EngineConfig
+        from .engine import EngineConfig
 
         preset = self.preset
         return EngineConfig(

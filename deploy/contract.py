@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from deploy.errors import EngineError
+from .errors import EngineError
 
 __all__ = [
     "BatchResults",

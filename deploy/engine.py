@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from deploy.errors import EngineError, EngineRequestError, EngineStartError, EngineUnavailable
+from .engine_log import OutputTee, root_cause
+from .errors import EngineError, EngineRequestError, EngineStartError, EngineUnavailable
 
 __all__ = ["NEVER_INHERITED_ENV", "EngineConfig", "VLLMEngine", "free_port"]
 
@@ -173,6 +175,9 @@ class VLLMEngine:
         self._process: subprocess.Popen[bytes] | None = None
         self._log_path: Path | None = None
         self._log_handle: Any = None
+        self._output: OutputTee | None = None
+        self.exit_code: int | None = None
+        """How the last server process ended (None while it runs); negative: a signal."""
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self.started_at: float | None = None
@@ -201,24 +206,37 @@ class VLLMEngine:
             self._log_path = Path(self.config.log_file)
         else:
             self._log_path = None
-        stdout: Any = None
         if self._log_path is not None:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
-            stdout = self._log_handle
         self.started_at = time.monotonic()
         self.ready_at = None
+        self.exit_code = None
         self._process = subprocess.Popen(
             self.config.command(self.port),
             env=self.config.environment(),
-            stdout=stdout,
-            stderr=subprocess.STDOUT if stdout else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             # Its own process group: vLLM forks an engine core and workers, and stop() must
             # reach all of them.
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
+        # Its output goes on to the log file (or this process's stderr); its tail explains
+        # a failed start wherever the output went.
+        assert self._process.stdout is not None
+        self._output = OutputTee(self._process.stdout, self._log_handle)
+        threading.Thread(
+            target=self._reap_group, args=(self._process,), name="vllm-reaper", daemon=True
+        ).start()
+
+    def _reap_group(self, proc: subprocess.Popen[bytes]) -> None:
+        """When the API server ends, however it ends (kill -9 included), its engine core and
+        workers go too: they hold gigabytes and would otherwise outlive it."""
+        self.exit_code = proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
     async def start(self, timeout: float | None = None) -> None:
         """Launch the server and wait until ``/health`` answers 200."""
@@ -229,9 +247,7 @@ class VLLMEngine:
             while True:
                 if not self.is_running():
                     code = self._process.returncode if self._process else None
-                    raise EngineStartError(
-                        f"vLLM exited with code {code} while starting: {self.log_tail()}"
-                    )
+                    raise self._start_error(f"vLLM exited with code {code} while starting")
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                     async with probe.get(
                         f"{self.base_url}/health", timeout=aiohttp.ClientTimeout(total=2)
@@ -241,9 +257,9 @@ class VLLMEngine:
                             return
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise EngineStartError(
+                    raise self._start_error(
                         f"vLLM did not become ready within "
-                        f"{timeout or self.config.startup_timeout:.0f} s: {self.log_tail()}"
+                        f"{timeout or self.config.startup_timeout:.0f} s"
                     )
                 await asyncio.sleep(0.25)
 
@@ -270,12 +286,23 @@ class VLLMEngine:
             self._log_handle = None
         self.ready_at = None
 
+    def log_lines(self) -> list[str]:
+        """The last lines vLLM printed (kept in memory, wherever its output went)."""
+        if self._output is not None:
+            self._output.join(timeout=1.0)  # a process that exited: its last words first
+            return self._output.lines()
+        return []
+
     def log_tail(self, lines: int = 15) -> str:
-        """The last lines of vLLM's log (the reason a start failed), or a hint where it went."""
-        if self._log_path is None or not self._log_path.exists():
-            return "(vLLM's output went to this process's stderr)"
-        text = self._log_path.read_text(errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:]) or "(empty log)"
+        return " | ".join(self.log_lines()[-lines:]) or "(vLLM printed nothing)"
+
+    def _start_error(self, what: str) -> EngineStartError:
+        """Short for the caller (the root cause, no paths or traceback); whole in ``detail``
+        for the operator's log."""
+        lines = self.log_lines()
+        cause = root_cause(lines)
+        message = f"{what}: {cause}" if cause else what
+        return EngineStartError(message, detail="\n".join(lines[-60:]))
 
     # -- forwarding --------------------------------------------------------------------------
 
@@ -299,12 +326,13 @@ class VLLMEngine:
 
     def _check_alive(self) -> None:
         if self._process is None:
-            raise EngineUnavailable("the engine is not running")
+            raise EngineUnavailable("the engine is not running", retry_after=5)
         if self._process.poll() is not None:
-            raise EngineUnavailable(f"the engine process exited (code {self._process.returncode})")
+            raise EngineUnavailable(
+                f"the engine process exited (code {self._process.returncode})", retry_after=5
+            )
 
-    @staticmethod
-    async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
+    async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status < 400:
             return
         text = await resp.text()
@@ -314,8 +342,19 @@ class VLLMEngine:
             err = payload.get("error", payload)
             message = err.get("message") or err.get("detail") or text
             param = err.get("param")
-        cls = EngineRequestError if resp.status < 500 else EngineUnavailable
-        raise cls(str(message), status_code=resp.status, param=param)
+        raise await self._classify(resp.status, str(message), param)
+
+    async def _classify(self, status: int, message: str, param: str | None) -> EngineError:
+        """Who failed. vLLM's 4xx: the request. vLLM's 5xx: the engine, if it is no longer
+        healthy (503, worth retrying); else this request, which vLLM could not serve (400:
+        sending it again would fail again)."""
+        if status < 500:
+            return EngineRequestError(message, status_code=status, param=param)
+        if await self.health():
+            return EngineRequestError(
+                f"vLLM could not serve this request: {message}", status_code=400, param=param
+            )
+        return EngineUnavailable(f"the engine failed: {message}", retry_after=5)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         """One chat completion (``stream`` forced off); returns vLLM's JSON response."""
@@ -328,7 +367,9 @@ class VLLMEngine:
         except EngineError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-            raise EngineUnavailable(f"lost the engine during the request: {exc!r}") from exc
+            raise EngineUnavailable(
+                f"lost the engine during the request: {exc!r}", retry_after=5
+            ) from exc
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """A streamed chat completion: yields each chunk as a dict, ends after ``[DONE]``.
@@ -352,16 +393,21 @@ class VLLMEngine:
                     chunk = orjson.loads(data)
                     if "error" in chunk and "choices" not in chunk:
                         err = chunk["error"]
-                        raise EngineRequestError(
-                            str(err.get("message", err)), status_code=err.get("code") or 400
-                        )
+                        code = err.get("code") if isinstance(err, dict) else None
+                        message = str(err.get("message", err) if isinstance(err, dict) else err)
+                        status = code if isinstance(code, int) else 400
+                        raise await self._classify(status, message, None)
                     yield chunk
                 if not done:
-                    raise EngineUnavailable("the engine closed the stream before it finished")
+                    raise EngineUnavailable(
+                        "the engine closed the stream before it finished", retry_after=5
+                    )
         except EngineError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-            raise EngineUnavailable(f"lost the engine during the stream: {exc!r}") from exc
+            raise EngineUnavailable(
+                f"lost the engine during the stream: {exc!r}", retry_after=5
+            ) from exc
 
     async def batch(
         self, bodies: Sequence[dict[str, Any]], max_concurrency: int | None = None

@@ -95,9 +95,15 @@ class EngineUnavailable(EngineError):
 
 
 class EngineStartError(EngineUnavailable):
-    """The engine process failed to become ready; the message quotes its log."""
+    """The engine process failed to become ready. ``message`` names the root cause, short
+    and without paths (the caller sees it); ``detail`` holds the log tail (the operator's,
+    never sent to callers and never pickled across Modal)."""
 
     error_type = "engine_start_failed"
+
+    def __init__(self, message: str, *, detail: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.detail = detail
 
 
 class Overloaded(EngineError):

@@ -22,9 +22,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy.contract import BatchResults, Facts, Reply
-from deploy.engine import EngineConfig, VLLMEngine
-from deploy.errors import EngineStartError
+from .contract import BatchResults, Facts, Reply
+from .engine import EngineConfig, VLLMEngine
+from .errors import EngineStartError
 
 __all__ = ["InferenceServer", "fetch_weights"]
 

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from deploy.config import CHAT_TEMPLATES, Settings
-from deploy.engine import EngineConfig
+from .config import CHAT_TEMPLATES, Settings
+from .engine import EngineConfig
 
 __all__ = [
     "LOCAL_MODEL_NAME",

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 import uvicorn
 from fastapi import FastAPI
 
-from deploy.config import Settings
-from deploy.engine import EngineConfig, free_port
-from deploy.local_model import local_engine_config
-from deploy.transport_local import LocalTransport
-from deploy.wrapper import create_app
+from .config import Settings
+from .engine import EngineConfig, free_port
+from .local_model import local_engine_config
+from .transport_local import LocalTransport
+from .wrapper import create_app
 
 __all__ = ["LocalStack"]
 

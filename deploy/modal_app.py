@@ -17,6 +17,8 @@ What each container receives (files, packages, environment) is listed by
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import modal
 
 from deploy.config import MINUTES, Settings
@@ -29,9 +31,14 @@ HF_CACHE = "/root/.cache/huggingface"
 VLLM_CACHE = "/root/.cache/vllm"  # torch.compile / CUDA graph artefacts survive restarts
 PYTHON_VERSION = "3.12"
 
-# The wrapper and the GPU class both import the `deploy` package. Modal's default for
-# add_local_python_source ships .py files only; the chat templates and the price table ship too.
-SHIPPED_FILES = ~modal.FilePatternMatcher("**/*.py", "**/*.jinja", "**/*.json")
+
+def _not_shipped(path: Path) -> bool:
+    """Modal's ignore rule for the `deploy` package (``path`` is relative to it). Modal's
+    default ships .py files only; the chat templates and the price table must ship too.
+    Build output (build/, *.egg-info) and bytecode never do."""
+    stray = any(p in ("build", "__pycache__") or p.endswith(".egg-info") for p in path.parts)
+    return stray or path.suffix not in {".py", ".jinja", ".json"}
+
 
 # Both containers run the wrapper-side modules' imports (config, errors, protocol).
 SERVER_PACKAGES = [
@@ -75,14 +82,14 @@ gpu_image = (
             **settings.baked_env(),
         }
     )
-    .add_local_python_source("deploy", ignore=SHIPPED_FILES)
+    .add_local_python_source("deploy", ignore=_not_shipped)
 )
 
 wrapper_image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
     .uv_pip_install("uvicorn>=0.30", *SERVER_PACKAGES)
     .env(settings.baked_env())
-    .add_local_python_source("deploy", ignore=SHIPPED_FILES)
+    .add_local_python_source("deploy", ignore=_not_shipped)
 )
 
 hf_cache = modal.Volume.from_name("huggingface-cache", create_if_missing=True)

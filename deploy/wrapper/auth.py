@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from deploy.wrapper.handlers import AuthError
+from .handlers import AuthError
 
 __all__ = ["ApiKey", "require_api_key"]
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deploy.errors import EngineError, error_body
+from ..errors import EngineError, error_body
 
 __all__ = [
     "AuthError",

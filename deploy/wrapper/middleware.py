@@ -11,12 +11,13 @@ import uuid
 from http import HTTPStatus
 
 from fastapi.responses import JSONResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deploy.errors import error_body
-from deploy.metrics import Metrics
+from ..errors import error_body
+from ..metrics import Metrics
 
-__all__ = ["RequestContext"]
+__all__ = ["FastPath", "RequestContext"]
 
 log = logging.getLogger("vllm_autoscale.wrapper")
 
@@ -90,3 +91,41 @@ class RequestContext:
                 extra={"request_id": request_id, "method": scope["method"], "path": scope["path"],
                        "status": status, "duration_ms": round(elapsed * 1000, 2)},
             )  # fmt: skip
+
+
+class FastPath:
+    """Pure ASGI: hand one route's requests straight to that route.
+
+    The route is an ordinary route of the app's router, which would serve it the same way;
+    this skips the layers between here and the router (FastAPI's exception and exit-stack
+    middlewares, the route scan), about 30 µs of the inference route's hop. Its errors still
+    reach the app's exception handlers: Starlette's own dispatch reads them from the scope
+    key ``ExceptionMiddleware`` would have set.
+    """
+
+    def __init__(self, app: ASGIApp, route: Route) -> None:
+        self.app, self.route = app, route
+        self._handlers: tuple[dict, dict] | None = None
+
+    def _exception_handlers(self, scope: Scope) -> tuple[dict, dict]:
+        if self._handlers is None:
+            table = scope["app"].exception_handlers
+            status = {k: v for k, v in table.items() if isinstance(k, int)}
+            # `Exception` is ServerErrorMiddleware's (outside this one), as in Starlette.
+            typed = {
+                k: v for k, v in table.items() if not isinstance(k, int) and k is not Exception
+            }
+            self._handlers = (typed, status)
+        return self._handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == self.route.path
+            and scope["method"] in (self.route.methods or ())
+        ):
+            scope["route"] = self.route  # the metrics' route label
+            scope["starlette.exception_handlers"] = self._exception_handlers(scope)
+            await self.route.handle(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploy.protocol import ErrorResponse
+from ..protocol import ErrorResponse
 
 __all__ = ["AUTH_ERRORS", "INFERENCE_ERRORS", "json_body"]
 

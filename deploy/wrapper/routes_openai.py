@@ -16,11 +16,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-from deploy.protocol import ErrorResponse, RequestModels
-from deploy.wrapper.auth import ApiKey, require_api_key
-from deploy.wrapper.handlers import parse_body
-from deploy.wrapper.responses import AUTH_ERRORS, INFERENCE_ERRORS, json_body
-from deploy.wrapper.service import InferenceService, Service
+from ..protocol import ErrorResponse, RequestModels
+from .auth import ApiKey, require_api_key
+from .handlers import parse_body
+from .responses import AUTH_ERRORS, INFERENCE_ERRORS, json_body
+from .service import InferenceService, Service
 
 __all__ = ["CHAT_COMPLETIONS", "HotRoute", "hot_route", "openapi_paths", "router"]
 

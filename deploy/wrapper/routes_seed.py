@@ -10,12 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from deploy.config import SERVICE_NAME, SERVICE_VERSION
-from deploy.protocol import RequestModels
-from deploy.wrapper.auth import require_api_key
-from deploy.wrapper.handlers import parse_body
-from deploy.wrapper.responses import INFERENCE_ERRORS, json_body
-from deploy.wrapper.service import Service
+from ..config import SERVICE_NAME, SERVICE_VERSION
+from ..protocol import RequestModels
+from .auth import require_api_key
+from .handlers import parse_body
+from .responses import INFERENCE_ERRORS, json_body
+from .service import Service
 
 __all__ = ["router"]
 

@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse, Response
 
-from deploy.wrapper.auth import require_api_key
-from deploy.wrapper.responses import AUTH_ERRORS
-from deploy.wrapper.service import InferenceService, Service
+from .auth import require_api_key
+from .responses import AUTH_ERRORS
+from .service import InferenceService, Service
 
 __all__ = ["router"]
 

