@@ -29,6 +29,19 @@ def _need(module: str, extra: str, what: str) -> None:
         )
 
 
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+                "another process uses that port: pick another with --port, or stop it",
+            ) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     if not args.local:
         print(
@@ -38,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     _need("vllm", "local", "`vllm-autoscale serve --local`")
+    _check_port_free(args.host, args.port)
     from .local_model import LocalModelError, default_cache_dir
     from .local_stack import LocalStack
 

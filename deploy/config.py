@@ -23,6 +23,7 @@ from .protocol import Limits
 
 if TYPE_CHECKING:  # the engine (aiohttp, subprocess) is imported only where it runs
     from .engine import EngineConfig
+    from .model_info import ModelInfo
 
 __all__ = [
     "BAKED_SETTINGS_ENV",
@@ -65,13 +66,16 @@ _GPU_SPEC = re.compile(rf"^({'|'.join(re.escape(g) for g in GPU_TYPES)})(?::([1-
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """What a model family needs from vLLM for tool calling, and the GPU it fits on."""
+    """What a model family needs from vLLM for tool calling and reasoning, the GPU it fits
+    on, and what it accepts (the wrapper reports it on ``/v1/models``)."""
 
     tool_call_parser: str | None
     chat_template: str | None
     gpu: str = "A100-80GB"
     max_model_len: int = 8192
     reasoning_parser: str | None = None
+    image_inputs: bool = False
+    """The model reads images (a vision-language model); every preset here is text-only."""
 
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
@@ -84,6 +88,22 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
     ),
     # Mistral v0.2's own template has no tool turns, and vLLM's mistral parser needs v0.3+.
     "mistralai/Mistral-7B-Instruct-v0.2": ModelPreset(None, None, max_model_len=8192),
+    # Reasoning models: the reasoning parser moves the thinking out of `content` into the
+    # message's `reasoning` field. Thinking is long, hence the longer contexts.
+    # Qwen3's own template renders tools and <tool_call> turns in the Hermes style.
+    "Qwen/Qwen3-8B": ModelPreset("hermes", None, max_model_len=32768, reasoning_parser="qwen3"),
+    # No vLLM tool parser reads the R1 distills' tool calls (`deepseek_v3` is for DeepSeek-V3
+    # and R1-0528 with their own template, and the distills' template never renders `tools`):
+    # tool calling stays off; reasoning and structured output work.
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": ModelPreset(
+        None, None, max_model_len=32768, reasoning_parser="deepseek_r1"
+    ),
+    # vLLM renders gpt-oss prompts with the Harmony format itself (no chat template); its
+    # `openai` tool parser and `openai_gptoss` reasoning parser read the Harmony channels.
+    # MXFP4 weights: Hopper runs them natively (vLLM's gpt-oss recipe).
+    "openai/gpt-oss-20b": ModelPreset(
+        "openai", None, gpu="H100", max_model_len=32768, reasoning_parser="openai_gptoss"
+    ),
 }
 _NO_PRESET = ModelPreset(None, None)
 
@@ -131,6 +151,12 @@ class Settings(BaseSettings):
     """Time a GPU container may take to start; the first start downloads the weights."""
     gpu_snapshot: bool = False
     """Use Modal's GPU memory snapshots to cut cold starts (experimental on Modal)."""
+    drain_grace: float = Field(default=20.0, ge=0, le=600)
+    """On shutdown (SIGTERM locally, container stop on Modal): seconds in-flight requests
+    get to finish; streams still open then end with an error event and [DONE]."""
+    public_docs: bool = False
+    """Serve /docs, /redoc and /openapi.json without the key (with a key set, they need it
+    like every route but / and /health)."""
 
     # -- the wrapper ----------------------------------------------------------------------------
     wrapper_api_key: SecretStr | None = None
@@ -151,6 +177,20 @@ class Settings(BaseSettings):
     """Requests in one batch call."""
     gpu_price_per_hour: float = Field(default=2.50, ge=0)
     """For the cost estimate in each response's metadata (A100-80GB on Modal)."""
+    # The wrapper's own HTTP server (deploy/http_server.py, ``serve --local``); on Modal,
+    # Modal's web front end holds the client connections.
+    header_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a client connection has to send complete request headers, from connecting or
+    from the previous response's end; then it is closed (idle and slow-header sockets)."""
+    keepalive_timeout: float = Field(default=5.0, gt=0)
+    """Seconds an idle keep-alive connection (not a byte since its last response) is kept."""
+    body_timeout: float = Field(default=30.0, gt=0)
+    """Seconds the whole request body has to arrive once its headers are in; then 408 and the
+    connection is closed. Only receiving the request is timed: never a response or a wait."""
+    max_connections: int | None = Field(default=None, ge=1)
+    """Client connections the wrapper holds at once; more get 503 ``overloaded`` (JSON,
+    Retry-After) and are closed. Default ``min(10000, soft RLIMIT_NOFILE // 2)``: the other
+    half of the descriptors stays for the engine's connections and files."""
 
     @classmethod
     def load(cls) -> Settings:
@@ -254,6 +294,22 @@ class Settings(BaseSettings):
                 "over exactly that many GPUs"
             )
         return self
+
+    def model_info(self) -> ModelInfo:
+        """The model the GPU class serves, as ``gpu_engine_config`` will run it: what the
+        wrapper reports on ``/v1/models`` and tokenizes with, without waking the GPU."""
+        from .model_info import ModelInfo  # it imports this module
+
+        return ModelInfo(
+            name=self.model,
+            max_model_len=self.max_model_len or self.preset.max_model_len,
+            tool_parser=self.tool_parser,
+            reasoning_parser=self.reasoning,
+            image_inputs=self.preset.image_inputs,
+            tokenizer=self.model,
+            revision=self.model_revision,
+            chat_template=self.chat_template_path,
+        )
 
     def gpu_engine_config(self) -> EngineConfig:
         """The engine as the Modal GPU container runs it (CUDA vLLM)."""

@@ -18,13 +18,13 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .contract import BatchResults, Facts, Reply
 from .engine import EngineConfig, VLLMEngine
-from .errors import EngineStartError
+from .errors import EngineStartError, EngineUnavailable
 
 __all__ = ["InferenceServer", "fetch_weights"]
 
@@ -57,9 +57,19 @@ def fetch_weights(model: str, revision: str | None = None) -> str:
 
 
 class InferenceServer:
-    def __init__(self, config: EngineConfig, *, warmup_requests: int = 2) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        warmup_requests: int = 2,
+        on_broken: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         self.config = config
         self.engine = VLLMEngine(config)
+        self.on_broken = on_broken
+        """Called once when the engine is found dead: on Modal, the container stops taking
+        inputs and exits, and Modal starts a fresh one for the next request."""
+        self.broken = False
         self.warmup_requests = warmup_requests
         """Requests sent before a snapshot, so that it holds warmed kernels and caches."""
         self.container_id = ""
@@ -102,18 +112,34 @@ class InferenceServer:
         await self.engine.wake_up()
         self.begin_serving()
 
+    async def _check_engine(self, exc: EngineUnavailable) -> None:
+        if self.broken or await self.engine.health():
+            return
+        self.broken = True
+        log.error("the engine is dead (%s): this container stops taking requests", exc.message)
+        if self.on_broken is not None:
+            await self.on_broken()
+
     async def chat(self, body: dict[str, Any]) -> Reply[dict[str, Any]]:
         started = time.monotonic()
-        reply = await self.engine.chat(body)
+        try:
+            reply = await self.engine.chat(body)
+        except EngineUnavailable as exc:
+            await self._check_engine(exc)
+            raise
         self.served += 1
         return Reply(reply, self._facts(started))
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[Reply[dict[str, Any]]]:
         started, first = time.monotonic(), True
-        async for chunk in self.engine.stream(body):
-            # The first chunk carries the facts; its engine time is the time to first chunk.
-            yield Reply(chunk, self._facts(started) if first else None)
-            first = False
+        try:
+            async for chunk in self.engine.stream(body):
+                # The first chunk carries the facts; its engine time: the time to first chunk.
+                yield Reply(chunk, self._facts(started) if first else None)
+                first = False
+        except EngineUnavailable as exc:
+            await self._check_engine(exc)
+            raise
         self.served += 1
 
     async def batch(
@@ -121,6 +147,10 @@ class InferenceServer:
     ) -> Reply[BatchResults]:
         started = time.monotonic()
         results = await self.engine.batch(bodies, max_concurrency)
+        for result in results:
+            if isinstance(result, EngineUnavailable):
+                await self._check_engine(result)
+                break
         self.served += len(bodies)
         return Reply(results, self._facts(started))
 

@@ -7,6 +7,7 @@ tests and the benchmarks all start the stack through ``LocalStack``, so they run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ from fastapi import FastAPI
 
 from .config import Settings
 from .engine import EngineConfig, free_port
+from .http_server import server_config
 from .local_model import local_engine_config
 from .transport_local import LocalTransport
 from .wrapper import create_app
@@ -57,9 +59,10 @@ class LocalStack:
         )
         self.app: FastAPI = create_app(self.transport, self.settings)
         self.warm = warm
+        # Time-outs on receiving requests and a connection cap: see deploy/http_server.py.
         self._server = uvicorn.Server(
-            uvicorn.Config(
-                self.app, host=host, port=self.port, log_level="warning",
+            server_config(
+                self.app, self.settings, host=host, port=self.port, log_level="warning",
                 access_log=access_log, timeout_graceful_shutdown=5,
             )
         )  # fmt: skip
@@ -115,7 +118,14 @@ class LocalStack:
         return self.call(self.transport.status).to_dict()
 
     def stop(self) -> None:
-        """Stop the wrapper; its shutdown stops the engine (nothing is left running)."""
+        """Drain, then stop the wrapper; its shutdown stops the engine (nothing is left
+        running). Draining: no new work; in-flight requests get ``drain_grace`` seconds;
+        streams still open then end with an error event and ``[DONE]``."""
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            service = self.app.state.service
+            grace = self.settings.drain_grace
+            with contextlib.suppress(Exception):
+                self.call(lambda: service.drain(grace), timeout=grace + 10)
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=60)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import modal
+import modal.experimental
 
 from deploy.config import MINUTES, Settings
 
@@ -85,9 +86,16 @@ gpu_image = (
     .add_local_python_source("deploy", ignore=_not_shipped)
 )
 
+# POST /tokenize counts with the served model's tokenizer and chat template inside the wrapper
+# (deploy/token_counter.py), so counting never wakes the GPU. transformers without torch (it
+# brings tokenizers and huggingface-hub) in the range vLLM 0.32 requires, so both sides render
+# chat templates alike, and jinja2, which its templates need. Only the tokenizer's files are
+# fetched from the Hub, on the first count; HF_TOKEN comes from vllm-secrets (Llama is gated).
+TOKENIZER_PACKAGES = ["transformers>=5.16.1,<5.20", "jinja2>=3.1"]
+
 wrapper_image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
-    .uv_pip_install("uvicorn>=0.30", *SERVER_PACKAGES)
+    .uv_pip_install("uvicorn>=0.30", *SERVER_PACKAGES, *TOKENIZER_PACKAGES)
     .env(settings.baked_env())
     .add_local_python_source("deploy", ignore=_not_shipped)
 )
@@ -129,7 +137,9 @@ class VLLMInference:
         async def start(self) -> None:
             from deploy.inference import InferenceServer
 
-            self.server = InferenceServer(settings.gpu_engine_config())
+            self.server = InferenceServer(
+                settings.gpu_engine_config(), on_broken=modal.experimental.stop_fetching_inputs.aio
+            )
             await self.server.start_for_snapshot()
 
         @modal.enter(snap=False)
@@ -142,7 +152,10 @@ class VLLMInference:
         async def start(self) -> None:
             from deploy.inference import InferenceServer
 
-            self.server = InferenceServer(settings.gpu_engine_config())
+            # A dead engine stops this container taking inputs; Modal starts a fresh one.
+            self.server = InferenceServer(
+                settings.gpu_engine_config(), on_broken=modal.experimental.stop_fetching_inputs.aio
+            )
             await self.server.start()
 
     @modal.method()

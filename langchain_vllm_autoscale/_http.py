@@ -22,10 +22,24 @@ from langchain_vllm_autoscale._exceptions import (
     error_from_response,
 )
 
-__all__ = ["ServiceClient"]
+__all__ = ["ServiceClient", "normalize_base_url"]
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 _MAX_BACKOFF = 30.0
+
+
+def normalize_base_url(url: str) -> str:
+    """The wrapper's root URL from either form a user may hold.
+
+    The openai SDK wants ``.../v1``; this client's paths already start with ``/v1`` (and
+    ``/warmup``, ``/status`` live at the root), so a trailing ``/v1`` would give
+    ``/v1/v1/chat/completions`` and a bare 404. Both ``http://host:8000`` and
+    ``http://host:8000/v1`` (with or without a trailing slash) give ``http://host:8000``.
+    """
+    root = url.strip().rstrip("/")
+    if root.endswith("/v1"):
+        root = root[: -len("/v1")].rstrip("/")
+    return root
 
 
 def _retry_after(response: httpx.Response | None) -> float | None:
@@ -115,7 +129,7 @@ class ServiceClient:
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = normalize_base_url(base_url)
         self.timeout = timeout
         self.max_retries = max_retries
         self._headers = {"user-agent": "langchain-vllm-autoscale", **(headers or {})}
@@ -203,6 +217,23 @@ class ServiceClient:
                 continue
             return self._decode(response)
         raise AssertionError("unreachable")
+
+    def request_quick(
+        self, method: str, path: str, body: Any = None, *, timeout: float
+    ) -> dict[str, Any]:
+        """One attempt with a short time-out, for routes that never wait on the GPU
+        (``/v1/models``, ``/tokenize``): a slow or absent service fails fast instead of
+        being retried for minutes like a cold start."""
+        limit = httpx.Timeout(timeout, connect=min(timeout, self._timeout.connect or timeout))
+        try:
+            response = self._sync.request(method, path, json=body, timeout=limit)
+        except httpx.TimeoutException as exc:  # not a cold start: this route never waits on one
+            raise APITimeoutError(
+                f"{method} {path}: no answer within {timeout:g} s ({type(exc).__name__})"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, timeout) from exc
+        return self._decode(response)
 
     @staticmethod
     def _decode(response: httpx.Response) -> dict[str, Any]:

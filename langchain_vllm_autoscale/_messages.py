@@ -15,7 +15,9 @@ from langchain_core.messages import (
     BaseMessage,
     convert_to_openai_messages,
 )
+from langchain_core.messages import content as types
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.block_translators import register_translator
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.output_parsers.openai_tools import make_invalid_tool_call, parse_tool_call
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -26,22 +28,96 @@ __all__ = [
     "chat_result_from_response",
     "dumps_body",
     "to_openai_messages",
+    "translate_content",
+    "translate_content_chunk",
     "usage_from_openai",
 ]
 
 PROVIDER = "vllm-autoscale"
 
 
+# Standard (v1) blocks of an AI message that the OpenAI wire format carries outside
+# `content`: vLLM rejects them as content parts ("Unsupported chat content part type").
+_REASONING_BLOCKS = frozenset({"reasoning", "thinking"})
+_TOOL_CALL_BLOCKS = frozenset({"tool_call", "tool_call_chunk", "invalid_tool_call"})
+
+
 def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """LangChain messages as OpenAI chat messages (tool calls, tool results, content parts)."""
-    converted = convert_to_openai_messages(list(messages), text_format="string")
-    out: list[dict[str, Any]] = converted if isinstance(converted, list) else [converted]
-    for message in out:
+    """LangChain messages as OpenAI chat messages (tool calls, tool results, content parts).
+
+    AI messages in either output version give the same wire message: text blocks become
+    ``content``, ``tool_call`` blocks (and ``tool_calls``) become ``tool_calls``, and
+    reasoning (``reasoning`` blocks in v1, ``additional_kwargs["reasoning_content"]`` in v0)
+    becomes the assistant message's ``reasoning`` field. Image blocks become ``image_url``
+    parts.
+    """
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if isinstance(message, AIMessage):
+            out.extend(_assistant_messages(message))
+        else:
+            out.extend(_convert(message))
+    return out
+
+
+def _convert(message: BaseMessage) -> list[dict[str, Any]]:
+    # One message at a time: a message may become several (tool_result blocks) or none.
+    converted = convert_to_openai_messages([message], text_format="string")
+    return converted if isinstance(converted, list) else [converted]
+
+
+def _assistant_messages(message: AIMessage) -> list[dict[str, Any]]:
+    reasoning: list[str] = []
+    block_calls: list[dict[str, Any]] = []
+    if isinstance(message.content, list):
+        kept: list[str | dict[str, Any]] = []
+        for block in message.content:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind in _REASONING_BLOCKS:
+                text = block.get(kind)  # type: ignore[union-attr]
+                if isinstance(text, str) and text:
+                    reasoning.append(text)
+            elif kind in _TOOL_CALL_BLOCKS:
+                if kind == "tool_call":
+                    block_calls.append(block)  # type: ignore[arg-type]
+            else:
+                kept.append(block)
+        message = message.model_copy(update={"content": kept})
+    if not reasoning and isinstance(message.additional_kwargs.get("reasoning_content"), str):
+        reasoning.append(message.additional_kwargs["reasoning_content"])
+
+    out = _convert(message)
+    for wire in out:
+        if wire.get("role") != "assistant":
+            continue
+        # A tool_call block whose call is missing from `tool_calls` (a history rebuilt from
+        # content alone) is still a call the model made.
+        known = {call.get("id") for call in message.tool_calls}
+        extra = [_wire_tool_call(b) for b in block_calls if b.get("id") not in known]
+        if extra:
+            wire["tool_calls"] = [*(wire.get("tool_calls") or []), *extra]
+        if reasoning and (text := "\n".join(reasoning).strip()):
+            # vLLM (0.32) reads `reasoning` on assistant messages and hands the chat template
+            # both `reasoning` and `reasoning_content`; it drops a `reasoning_content` key
+            # sent by the client. Templates decide: most drop reasoning of earlier turns and
+            # keep it inside a tool loop (interleaved thinking); templates without it ignore it.
+            wire["reasoning"] = text
         # An assistant turn that only calls tools has no text: OpenAI's shape allows null,
         # chat templates render "" fine either way.
-        if message.get("role") == "assistant" and message.get("content") is None:
-            message["content"] = ""
+        if wire.get("content") is None:
+            wire["content"] = ""
     return out
+
+
+def _wire_tool_call(block: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "id": block.get("id"),
+        "function": {
+            "name": block.get("name"),
+            "arguments": json.dumps(block.get("args") or {}, ensure_ascii=False),
+        },
+    }
 
 
 def usage_from_openai(usage: dict[str, Any] | None) -> UsageMetadata | None:
@@ -169,6 +245,10 @@ class StreamState:
         if not content and not chunks and logprobs is None and not reasoning:
             return None
         message = AIMessageChunk(content=content, tool_call_chunks=chunks, id=event.get("id"))
+        if chunks:
+            # Names the provider's block translator (translate_content_chunk), which keeps a
+            # v1 stream's call blocks apart from its text; merged, the name appears once.
+            message.response_metadata["model_provider"] = PROVIDER
         if reasoning:
             message.additional_kwargs["reasoning_content"] = reasoning
         info = None
@@ -188,6 +268,81 @@ class StreamState:
         )
         info = {"finish_reason": self.finish_reason} if self.finish_reason else None
         return ChatGenerationChunk(message=message, generation_info=info)
+
+
+# -- standard content blocks (output_version="v1", and `.content_blocks` in v0) -------------------
+
+
+def _reasoning_blocks(message: AIMessage) -> list[types.ContentBlock]:
+    reasoning = message.additional_kwargs.get("reasoning_content")
+    if isinstance(reasoning, str) and reasoning:
+        return [types.ReasoningContentBlock(type="reasoning", reasoning=reasoning)]
+    return []
+
+
+def translate_content(message: AIMessage) -> list[types.ContentBlock]:
+    """Standard content blocks of an answer from this provider.
+
+    Reasoning first (vLLM streams it before the answer), then the text, then the tool calls,
+    valid and invalid. langchain-core calls this for ``content_blocks`` and, with
+    ``output_version="v1"``, to fill ``content``.
+    """
+    if not isinstance(message.content, str):
+        # Already blocks (a v1 message, or one built by hand): core's own parsing reads them.
+        raise NotImplementedError
+    blocks = _reasoning_blocks(message)
+    if message.content:
+        blocks.append(types.TextContentBlock(type="text", text=message.content))
+    for call in message.tool_calls:
+        blocks.append(
+            types.ToolCall(
+                type="tool_call", id=call.get("id"), name=call["name"], args=call["args"]
+            )
+        )
+    for bad in message.invalid_tool_calls:
+        blocks.append(
+            types.InvalidToolCall(
+                type="invalid_tool_call",
+                id=bad.get("id"),
+                name=bad.get("name"),
+                args=bad.get("args"),
+                error=bad.get("error"),
+            )
+        )
+    return blocks
+
+
+def translate_content_chunk(message: AIMessageChunk) -> list[types.ContentBlock]:
+    """Standard content blocks of one streamed chunk from this provider.
+
+    A tool-call delta becomes a ``tool_call_chunk`` block indexed ``lc_tc_<n>``, not ``n``:
+    langchain-core numbers the reasoning and text blocks of a v1 stream 0, 1, ... and merges
+    blocks by index, so a call's own index 0 would merge the call into the reasoning (or
+    text) block. The last, merged chunk holds whole calls.
+    """
+    if not isinstance(message.content, str):
+        raise NotImplementedError
+    if message.chunk_position == "last" or not message.tool_call_chunks:
+        return translate_content(message)
+    blocks = _reasoning_blocks(message)
+    if message.content:
+        blocks.append(types.TextContentBlock(type="text", text=message.content))
+    for position, chunk in enumerate(message.tool_call_chunks):
+        index = chunk.get("index")
+        blocks.append(
+            types.ToolCallChunk(
+                type="tool_call_chunk",
+                id=chunk.get("id"),
+                name=chunk.get("name"),
+                args=chunk.get("args"),
+                index=f"lc_tc_{position if index is None else index}",
+            )
+        )
+    return blocks
+
+
+# langchain-core finds a provider's translator by `response_metadata["model_provider"]`.
+register_translator(PROVIDER, translate_content, translate_content_chunk)
 
 
 def dumps_body(body: dict[str, Any]) -> str:

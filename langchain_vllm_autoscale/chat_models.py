@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextvars
+import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models import LanguageModelInput, ModelProfile
 from langchain_core.language_models.chat_models import (
     BaseChatModel,
     LangSmithParams,
@@ -44,6 +46,16 @@ __all__ = ["ChatVLLMAutoscale"]
 DEFAULT_URL = "http://127.0.0.1:8000"
 COMPLETIONS_PATH = "/v1/chat/completions"
 BATCH_PATH = "/v1/chat/completions/batch"
+MODELS_PATH = "/v1/models"
+TOKENIZE_PATH = "/tokenize"
+PROFILE_TIMEOUT_S = 10.0
+"""``/v1/models`` answers from the wrapper's configuration, at once: no cold-start wait."""
+PROFILE_RETRY_S = 60.0
+"""After a failed profile fetch, reading ``profile`` asks again only after this long."""
+TOKENIZE_TIMEOUT_S = 60.0
+"""``/tokenize`` never waits on the GPU; its first call loads the tokenizer (seconds)."""
+
+log = logging.getLogger(__name__)
 
 # Results of a batch request, fetched once for all inputs and handed to each input's
 # _generate call (which keeps LangChain's per-input callbacks, tracing and caching).
@@ -90,7 +102,9 @@ class ChatVLLMAutoscale(BaseChatModel):
     model: str | None = Field(default=None, alias="model_name")
     """Model name sent to the service; None lets the service use the one it serves."""
     base_url: str = Field(default_factory=from_env("VLLM_AUTOSCALE_URL", default=DEFAULT_URL))
-    """The wrapper's URL (env ``VLLM_AUTOSCALE_URL``); a Modal URL or a local one."""
+    """The wrapper's URL (env ``VLLM_AUTOSCALE_URL``); a Modal URL or a local one. The root
+    (``http://127.0.0.1:8000``) and the openai SDK's form (``http://127.0.0.1:8000/v1``)
+    both work."""
     api_key: SecretStr | None = Field(
         default_factory=secret_from_env("VLLM_AUTOSCALE_API_KEY", default=None)
     )
@@ -145,6 +159,16 @@ class ChatVLLMAutoscale(BaseChatModel):
             transport=self.http_transport,
             async_transport=self.http_async_transport,
         )
+        return self
+
+    _profile_lazy: bool = PrivateAttr(default=False)
+    _profile_asked_at: float | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _defer_profile(self) -> ChatVLLMAutoscale:
+        # No profile given: the service's is fetched when `profile` is first read (see
+        # _ServiceProfile), not here: constructing a model stays offline and instant.
+        self._profile_lazy = self.__dict__.get("profile") is None
         return self
 
     # -- LangChain metadata -----------------------------------------------------------------------
@@ -413,6 +437,68 @@ class ChatVLLMAutoscale(BaseChatModel):
         """The engine's state (cold/starting/warm/failed), queue and cold starts; never wakes it."""
         return self._client.request("GET", "/status")
 
+    # -- profile and token counts: from the service, never from the GPU ---------------------------
+
+    def _profile_due(self) -> bool:
+        if not self._profile_lazy:
+            return False
+        asked = self._profile_asked_at
+        return asked is None or time.monotonic() - asked >= PROFILE_RETRY_S
+
+    def _fetch_profile(self) -> ModelProfile | None:
+        """The served model's profile from ``GET /v1/models`` (the wrapper answers from its
+        configuration: the GPU stays asleep); None when the service cannot say."""
+        self._profile_asked_at = time.monotonic()
+        try:
+            answer = self._client.request_quick("GET", MODELS_PATH, timeout=PROFILE_TIMEOUT_S)
+        except Exception as exc:  # a profile is optional: no answer, no profile
+            log.debug("no model profile from %s: %r", self.base_url, exc)
+            return None
+        return _profile_from_models(answer, self.model)
+
+    def _tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.model:
+            body["model"] = self.model
+        # One attempt, bounded: a service that cannot count raises, it is never guessed at.
+        return self._client.request_quick(
+            "POST", TOKENIZE_PATH, body, timeout=min(self.timeout, TOKENIZE_TIMEOUT_S)
+        )
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """The prompt tokens of a chat completion of ``messages`` (with ``tools``): what its
+        ``usage.prompt_tokens`` will say, chat template and tool definitions included.
+
+        The service counts them with the served model's own tokenizer (``POST /tokenize``)
+        without waking the GPU. Raises a ``VLLMAutoscaleError`` when it cannot count.
+        """
+        body: dict[str, Any] = {
+            "messages": to_openai_messages(messages),
+            "add_generation_prompt": True,
+        }
+        if tools:
+            body["tools"] = [convert_to_openai_tool(tool) for tool in tools]
+        # The template options a chat request sends change the prompt (Qwen3's thinking).
+        template_kwargs = (self.extra_body or {}).get("chat_template_kwargs")
+        template_kwargs = template_kwargs or self.model_kwargs.get("chat_template_kwargs")
+        if template_kwargs:
+            body["chat_template_kwargs"] = template_kwargs
+        return int(self._tokenize(body)["count"])
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens in ``text`` for the served model's tokenizer (no special tokens added),
+        counted by the service (``POST /tokenize``) without waking the GPU."""
+        if self.custom_get_token_ids is not None:
+            return len(self.custom_get_token_ids(text))
+        return int(self._tokenize({"prompt": text, "add_special_tokens": False})["count"])
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """The served model's token ids for ``text``, from the service (``POST /tokenize``)."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return list(self._tokenize({"prompt": text, "add_special_tokens": False})["tokens"])
+
     def close(self) -> None:
         """Close the sync HTTP client (the async ones close with ``aclose``)."""
         self._client.close()
@@ -442,7 +528,9 @@ class ChatVLLMAutoscale(BaseChatModel):
             kwargs["tool_choice"] = _tool_choice(tool_choice, formatted)
         if parallel_tool_calls is not None:
             kwargs["parallel_tool_calls"] = parallel_tool_calls
-        return super().bind(tools=formatted, **kwargs)
+        # No tools, no `tools` field: vLLM refuses an empty list, and langchain's create_agent
+        # binds one (with `response_format`) when the profile picks its ProviderStrategy.
+        return super().bind(**({"tools": formatted} if formatted else {}), **kwargs)
 
     def with_structured_output(
         self,
@@ -515,6 +603,68 @@ class ChatVLLMAutoscale(BaseChatModel):
             exception_key="parsing_error",
         )
         return RunnableMap(raw=llm) | parsed
+
+
+class _ServiceProfile:
+    """``ChatVLLMAutoscale.profile``: unless one was given, the served model's profile, asked
+    of the service's ``/v1/models`` the first time it is read and kept (never at
+    construction; the wrapper answers without waking the GPU; None if it cannot be reached).
+
+    A data descriptor on the class outranks the instance ``__dict__``, where pydantic keeps
+    the field's value; assigning ``profile`` still stores the value there as usual.
+    """
+
+    def __get__(self, obj: ChatVLLMAutoscale | None, owner: type | None = None) -> Any:
+        if obj is None:  # as for any pydantic field; a subclass then inherits the field as is
+            raise AttributeError("profile")
+        value = obj.__dict__.get("profile")
+        if value is None and obj._profile_due():
+            value = obj.__dict__["profile"] = obj._fetch_profile()
+        return value
+
+    def __set__(self, obj: ChatVLLMAutoscale, value: ModelProfile | None) -> None:
+        obj.__dict__["profile"] = value
+
+
+# Set after the class is built: in the class body pydantic would take it for the field's default.
+ChatVLLMAutoscale.profile = _ServiceProfile()  # type: ignore[assignment]
+
+
+def _profile_from_models(answer: dict[str, Any], model: str | None) -> ModelProfile | None:
+    """A LangChain profile from the wrapper's ``/v1/models``: the context length and the
+    capabilities the engine runs with (a plain vLLM server gives the context length only)."""
+    cards = [card for card in answer.get("data") or [] if isinstance(card, dict)]
+    # A model the service does not serve gets no profile (the service refuses its requests).
+    card = next((c for c in cards if model is None or c.get("id") == model), None)
+    if card is None:
+        return None
+    profile = ModelProfile(text_inputs=True, text_outputs=True)
+    if isinstance(card.get("id"), str):
+        profile["name"] = card["id"]
+    if isinstance(card.get("max_model_len"), int):
+        profile["max_input_tokens"] = card["max_model_len"]
+    caps = card.get("capabilities")
+    if not isinstance(caps, dict):
+        return profile if "max_input_tokens" in profile else None
+    if isinstance(caps.get("max_output_tokens"), int):
+        profile["max_output_tokens"] = caps["max_output_tokens"]
+    tools = bool(caps.get("tool_calling"))
+    images = bool(caps.get("image_inputs"))
+    profile.update(
+        ModelProfile(
+            tool_calling=tools,
+            tool_choice=tools,
+            tool_call_streaming=tools,
+            # vLLM's json_schema response_format: langchain's create_agent then uses its
+            # ProviderStrategy (constrained decoding) rather than a tool call for the answer.
+            structured_output=bool(caps.get("structured_output")),
+            reasoning_output=bool(caps.get("reasoning")),
+            image_inputs=images,
+            image_url_inputs=images,
+            temperature=True,
+        )
+    )
+    return profile
 
 
 def _tool_choice(choice: dict[str, Any] | str | bool, tools: list[dict[str, Any]]) -> Any:

@@ -18,8 +18,10 @@ from pydantic.json_schema import models_json_schema
 from ..config import SERVICE_NAME, SERVICE_VERSION, Settings
 from ..contract import EngineTransport
 from ..metrics import Metrics
+from ..model_info import ModelInfo, describe_served_model
 from ..protocol import RequestModels, request_models
-from . import handlers, routes_openai, routes_seed, routes_service
+from ..token_counter import TokenCounter
+from . import handlers, routes_docs, routes_openai, routes_seed, routes_service, routes_tokenize
 from .middleware import FastPath, RequestContext
 from .service import InferenceService
 
@@ -28,24 +30,37 @@ __all__ = ["create_app"]
 DESCRIPTION = "Always-on wrapper in front of a scale-to-zero vLLM engine."
 
 
-def create_app(transport: EngineTransport, settings: Settings | None = None) -> FastAPI:
-    """The wrapper app over ``transport``; ``settings`` default to the environment's."""
+def create_app(
+    transport: EngineTransport,
+    settings: Settings | None = None,
+    model_info: ModelInfo | None = None,
+) -> FastAPI:
+    """The wrapper app over ``transport``; ``settings`` default to the environment's.
+    ``model_info`` (what ``/v1/models`` reports, what ``/tokenize`` counts with) defaults to
+    what the transport's engine configuration or the settings say: never the engine itself."""
     settings = settings or Settings.load()
     models = request_models(settings.limits)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        # On Modal, a container stop; locally, LocalStack has drained already (a no-op).
+        await app.state.service.drain(settings.drain_grace)
         await transport.aclose()
 
+    # With a key, the docs need it too (unless VLLM_PUBLIC_DOCS): routes_docs serves them.
+    public_docs = settings.public_docs or settings.wrapper_api_key is None
     app = FastAPI(
-        title=SERVICE_NAME, version=SERVICE_VERSION, description=DESCRIPTION, lifespan=lifespan
-    )
+        title=SERVICE_NAME, version=SERVICE_VERSION, description=DESCRIPTION, lifespan=lifespan,
+        **({} if public_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
+    )  # fmt: skip
     metrics = Metrics()
     app.state.settings = settings
     app.state.transport = transport
     app.state.metrics = metrics
     app.state.service = InferenceService(transport, settings, metrics)
+    app.state.model_info = model_info or describe_served_model(transport, settings)
+    app.state.token_counter = TokenCounter(app.state.model_info)  # loads on first use
     key = settings.wrapper_api_key
     app.state.api_key = key.get_secret_value().encode() if key else None
 
@@ -55,6 +70,9 @@ def create_app(transport: EngineTransport, settings: Settings | None = None) -> 
     app.include_router(routes_seed.router(models))
     app.include_router(routes_openai.router(models))
     app.include_router(routes_service.router)
+    app.include_router(routes_tokenize.router(settings.limits))
+    if not public_docs:
+        app.include_router(routes_docs.router)
     app.add_middleware(FastPath, route=hot)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     app.openapi = lambda: _openapi(app, models)  # type: ignore[method-assign]

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import EngineError, error_body
 
@@ -129,5 +130,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ClientGone, _client_gone)
+    # The client left while sending its body (or the server timed the body out): nothing to
+    # answer and nothing to log as an error.
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(InvalidRequest, _invalid_request)
     app.add_exception_handler(EngineError, _engine_error)

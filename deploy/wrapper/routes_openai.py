@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
+from ..model_info import ModelInfo
 from ..protocol import ErrorResponse, RequestModels
 from .auth import ApiKey, require_api_key
 from .handlers import parse_body
@@ -91,13 +92,9 @@ def router(limited: RequestModels) -> APIRouter:
         return JSONResponse(result, headers=service.meta_headers(meta))
 
     @api.get("/v1/models", responses=AUTH_ERRORS)
-    async def models(service: Service, _: ApiKey) -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": service.model_name, "object": "model", "created": 0,
-                 "owned_by": "vllm-autoscale"}
-            ],
-        }  # fmt: skip
+    async def models(request: Request, _: ApiKey) -> dict[str, Any]:
+        # From configuration only (deploy/model_info.py): listing models never wakes the GPU.
+        info: ModelInfo = request.app.state.model_info
+        return {"object": "list", "data": [info.model_card()]}
 
     return api

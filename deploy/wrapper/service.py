@@ -29,6 +29,7 @@ from ..metrics import Metrics
 from ..protocol import BatchRequest, ChatCompletionRequest, ChatRequest
 from .handlers import ClientGone, InvalidRequest, engine_error_response
 from .streaming import DONE, END, HEARTBEAT, KEEP_ALIVE, PumpedStream, StreamPump, sse
+from .tool_stream import ToolCallAssembler, wants_tool_assembly
 
 __all__ = ["InferenceService", "Service", "cancel_on_disconnect", "get_service"]
 
@@ -201,7 +202,9 @@ class InferenceService:
                 return engine_error_response(first)
             raise first
         headers = {**_SSE_HEADERS, "x-cold-start": str(await self._cold(first)).lower()}
-        events = self._events(request, pump, first, started, wants_usage)
+        # Tool calls go out whole (see tool_stream.py); a stream without tools is not touched.
+        tools = ToolCallAssembler() if wants_tool_assembly(body) else None
+        events = self._events(request, pump, first, started, wants_usage, tools)
         return PumpedStream(events, pump, media_type="text/event-stream", headers=headers,
                             on_close=lambda: self._streams.discard(pump))  # fmt: skip
 
@@ -213,7 +216,13 @@ class InferenceService:
         return (await self.transport.status()).state != "warm"
 
     async def _events(
-        self, request: Request, pump: StreamPump, item: Any, started: float, wants_usage: bool
+        self,
+        request: Request,
+        pump: StreamPump,
+        item: Any,
+        started: float,
+        wants_usage: bool,
+        tools: ToolCallAssembler | None = None,
     ) -> AsyncIterator[bytes]:
         facts, first_token = Facts(), True
         while item is not END:
@@ -228,7 +237,10 @@ class InferenceService:
                 raise item
             else:
                 facts = item.facts or facts
-                chunk = item.body
+                chunk = item.body if tools is None else tools.feed(item.body)
+                if chunk is None:  # a tool call's piece, held until the call is whole
+                    item = await pump.get()
+                    continue
                 if first_token and chunk.get("choices"):
                     self.metrics.ttft.observe(time.perf_counter() - started)
                     first_token = False
@@ -240,6 +252,10 @@ class InferenceService:
                 else:
                     yield sse(chunk)
             item = await pump.get()
+        else:
+            last = tools.finish() if tools is not None else None
+            if last is not None:  # the engine ended without a finish reason
+                yield sse(last)
         yield DONE
 
 

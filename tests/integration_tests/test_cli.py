@@ -43,3 +43,16 @@ def test_deploy_dry_run_names_the_setup(capsys, monkeypatch) -> None:
     monkeypatch.setenv("VLLM_GPU", "A100-81GB")
     assert main(["deploy", "--dry-run"]) == 1
     assert "is not a Modal GPU spec" in capsys.readouterr().err
+
+
+def test_serve_on_a_port_in_use_is_one_error_line(capsys) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--local", "--port", str(port)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"error: cannot listen on 127.0.0.1:{port}")
+    assert err[1].startswith("hint: ") and len(err) == 2  # no traceback

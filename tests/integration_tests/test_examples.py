@@ -22,6 +22,12 @@ EXPECTED = {
     ],
     "tool_calling.py": ["model calls get_exchange_rate", "tool returns: 1 USD =", "answer:"],
     "agent.py": ["agent calls get_weather", "tool get_weather ->", "agent:"],
+    "agents_v1.py": [
+        "agent calls get_weather(",
+        "[v1 blocks: ['tool_call']]",
+        "tool get_weather ->",
+        "structured_response: WeatherReport(city=",
+    ],
     "structured_output.py": ["json_schema: City(", "function_calling: City(", "tokens used:"],
     "openai_sdk.py": ["model: HuggingFaceTB/SmolLM2-135M-Instruct", "reply:", "stream:"],
     "migrate_from_integrated.py": ["service: VLLM Auto-Scale Service 2.0.0", "content:"],

@@ -45,12 +45,12 @@ def test_dry_run_lists_each_containers_files_and_parsers(capsys, deploys) -> Non
 
 
 def test_model_without_preset_warns_which_parser_to_set(monkeypatch, capsys, deploys) -> None:
-    monkeypatch.setenv("VLLM_MODEL", "Qwen/Qwen3-8B")
+    monkeypatch.setenv("VLLM_MODEL", "Qwen/Qwen2.5-7B-Instruct")
     monkeypatch.setattr(cli, "_print_manifests", lambda settings: None)
     assert cli.main(["deploy", "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert "tool parser none (tool calling off)" in captured.out
-    assert "warning: Qwen/Qwen3-8B has no preset" in captured.err
+    assert "warning: Qwen/Qwen2.5-7B-Instruct has no preset" in captured.err
     assert "VLLM_TOOL_CALL_PARSER" in captured.err
 
 

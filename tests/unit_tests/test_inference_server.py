@@ -11,6 +11,7 @@ import pytest
 
 from deploy.config import Settings
 from deploy.engine import EngineConfig
+from deploy.errors import EngineUnavailable
 from deploy.inference import InferenceServer, fetch_weights
 
 
@@ -36,6 +37,9 @@ class RecordingEngine:
     async def aclose(self) -> None:
         self.calls.append("aclose")
         self.session_open = False
+
+    async def health(self) -> bool:
+        return getattr(self, "healthy", True)
 
 
 def server(tmp_path) -> tuple[InferenceServer, RecordingEngine]:
@@ -96,3 +100,27 @@ def test_gpu_engine_pins_the_revision_it_downloads(model) -> None:
     config = Settings(model=model, model_revision="abc123").gpu_engine_config()
     assert config.revision == "abc123"
     assert config.command(8001)[config.command(8001).index("--revision") + 1] == "abc123"
+
+
+async def test_a_dead_engine_stops_the_container_taking_inputs_once(tmp_path) -> None:
+    stops: list[str] = []
+
+    async def stop_fetching() -> None:
+        stops.append("stop")
+
+    srv, engine = server(tmp_path)
+    srv.on_broken = stop_fetching
+
+    async def dead(body: dict[str, Any]) -> dict[str, Any]:
+        raise EngineUnavailable("the engine failed: EngineDeadError", retry_after=5)
+
+    engine.chat = dead  # type: ignore[method-assign]
+    engine.healthy = True  # type: ignore[attr-defined]
+    with pytest.raises(EngineUnavailable):
+        await srv.chat({})
+    assert stops == [] and not srv.broken  # a lost connection, the engine is fine
+    engine.healthy = False  # type: ignore[attr-defined]
+    for _ in range(2):
+        with pytest.raises(EngineUnavailable):
+            await srv.chat({})
+    assert stops == ["stop"] and srv.broken

@@ -135,10 +135,12 @@ def test_gpu_snapshot_setting(monkeypatch) -> None:
 
 
 def test_model_without_preset_gets_no_silent_parser() -> None:
-    plain = Settings(model="Qwen/Qwen3-8B")
+    plain = Settings(model="Qwen/Qwen2.5-7B-Instruct")
     assert plain.tool_parser is None and plain.parser_warning()
     assert "--tool-call-parser" not in plain.gpu_engine_config().command(8001)
-    chosen = Settings(model="Qwen/Qwen3-8B", tool_call_parser="hermes", reasoning_parser="qwen3")
+    chosen = Settings(
+        model="Qwen/Qwen2.5-7B-Instruct", tool_call_parser="hermes", reasoning_parser="qwen3"
+    )
     cmd = chosen.gpu_engine_config().command(8001)
     assert cmd[cmd.index("--tool-call-parser") + 1] == "hermes"
     assert cmd[cmd.index("--reasoning-parser") + 1] == "qwen3"

@@ -243,10 +243,13 @@ async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:
 async def test_models_lists_the_served_model(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/models")
     assert response.status_code == 200
-    assert response.json() == {
-        "object": "list",
-        "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "vllm-autoscale"}],
-    }
+    body = response.json()
+    assert body["object"] == "list" and len(body["data"]) == 1
+    model = body["data"][0]
+    assert {k: model[k] for k in ("id", "object", "created", "owned_by")} == {
+        "id": MODEL, "object": "model", "created": 0, "owned_by": "vllm-autoscale",
+    }  # fmt: skip
+    assert model["max_model_len"] == 8192 and model["capabilities"]["tool_calling"] is True
 
 
 @pytest.mark.parametrize(("method", "status"), [("GET", 404), ("DELETE", 404)])
@@ -451,7 +454,7 @@ def _maximum(prop: dict[str, Any]) -> Any:
 
 async def test_openapi_documents_the_configured_limits() -> None:
     app, _ = app_for(max_messages=7, max_tokens_limit=99, max_batch=5)
-    async with client_for(app, auth=False) as client:
+    async with client_for(app) as client:
         response = await client.get("/openapi.json")
     assert response.status_code == 200
     schema = response.json()
@@ -804,3 +807,18 @@ async def test_warmup_is_202_and_warms_once(client: httpx.AsyncClient, fake: Fak
 async def test_warmup_is_post_only(client: httpx.AsyncClient, fake: FakeTransport) -> None:
     assert_error(await client.get("/warmup"), 405)
     assert fake.warmups == 0
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+async def test_docs_need_the_key_unless_made_public(path: str) -> None:
+    app, _ = app_for()
+    async with client_for(app, auth=False) as anon:
+        assert (await anon.get(path)).status_code == 401
+    async with client_for(app) as client:
+        assert (await client.get(path)).status_code == 200
+    public, _ = app_for(public_docs=True)
+    async with client_for(public, auth=False) as anon:
+        assert (await anon.get(path)).status_code == 200
+    open_app, _ = app_for(wrapper_api_key=None)
+    async with client_for(open_app, auth=False) as anon:
+        assert (await anon.get(path)).status_code == 200
