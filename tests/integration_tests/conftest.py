@@ -19,6 +19,7 @@ from starlette.types import ASGIApp
 
 from deploy.config import Settings
 from deploy.engine import free_port
+from deploy.http_server import server_config
 from deploy.local_stack import LocalStack
 
 API_KEY = "test-key-" + os.urandom(8).hex()
@@ -60,13 +61,19 @@ def warm_stack(stack: LocalStack) -> LocalStack:
 
 
 @contextlib.contextmanager
-def serve_on_stack(stack: LocalStack, app: ASGIApp) -> Iterator[str]:
+def serve_on_stack(
+    stack: LocalStack, app: ASGIApp, settings: Settings | None = None
+) -> Iterator[str]:
     """Serve another app on the stack's event loop (where the engine's client lives), without
-    lifespan, so stopping it leaves the session's engine running. Yields its URL."""
+    lifespan, so stopping it leaves the session's engine running. Yields its URL. With
+    ``settings``, on the wrapper's own server (its time-outs and connection cap)."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
+    options: dict = {"host": "127.0.0.1", "port": port, "log_level": "warning", "lifespan": "off"}
+    if settings is None:
+        config = uvicorn.Config(app, **options)
+    else:
+        config = server_config(app, settings, **options)
+    server = uvicorn.Server(config)
     serving = asyncio.run_coroutine_threadsafe(server.serve(), stack.loop)
     while not server.started:
         if serving.done():

@@ -17,16 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deploy.config import Settings
-from deploy.engine import free_port
-from deploy.http_server import server_config
 from deploy.local_stack import LocalStack
 from deploy.wrapper import create_app
-from tests.integration_tests.conftest import API_KEY
+from tests.integration_tests.conftest import API_KEY, serve_on_stack
 
 TIMEOUT = 1.0  # header, keep-alive and body time-outs of the wrapper under test
 CAP = 50
@@ -40,25 +37,11 @@ GET_HEALTH = b"GET /health HTTP/1.1\r\nhost: test\r\n\r\n"
 def serve_guarded(
     stack: LocalStack, settings: Settings, wrap: Callable[[ASGIApp], ASGIApp] | None = None
 ) -> Iterator[tuple[str, int]]:
-    """``serve_on_stack`` with the wrapper's own server config (its protocol, time-outs and
-    cap): a second wrapper app on the stack's loop, no lifespan (the engine stays up)."""
-    port = free_port()
+    """A second wrapper app on the stack's loop, on the wrapper's own server config (its
+    protocol, time-outs and cap). Yields its URL and port."""
     app: ASGIApp = create_app(stack.transport, settings)
-    if wrap is not None:
-        app = wrap(app)
-    config = server_config(app, settings, host="127.0.0.1", port=port, log_level="warning",
-                           lifespan="off")  # fmt: skip
-    server = uvicorn.Server(config)
-    serving = asyncio.run_coroutine_threadsafe(server.serve(), stack.loop)
-    while not server.started:
-        if serving.done():
-            serving.result()
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", port
-    finally:
-        server.should_exit = True
-        serving.result(30)
+    with serve_on_stack(stack, wrap(app) if wrap is not None else app, settings) as url:
+        yield url, int(url.rsplit(":", 1)[1])
 
 
 SETTINGS = Settings(
