@@ -32,12 +32,13 @@ from typing import Any
 import aiohttp
 import orjson
 
+from .config import SECRET_ENV
 from .engine_log import OutputTee, root_cause
 from .errors import EngineError, EngineRequestError, EngineStartError, EngineUnavailable
 
 __all__ = ["NEVER_INHERITED_ENV", "EngineConfig", "VLLMEngine", "free_port"]
 
-NEVER_INHERITED_ENV = frozenset({"VLLM_WRAPPER_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+NEVER_INHERITED_ENV = frozenset(SECRET_ENV)
 """Secrets of the process that starts vLLM; vLLM needs none of them (weights are fetched
 before it starts), so its environment never holds them."""
 
@@ -292,9 +293,6 @@ class VLLMEngine:
             self._output.join(timeout=1.0)  # a process that exited: its last words first
             return self._output.lines()
         return []
-
-    def log_tail(self, lines: int = 15) -> str:
-        return " | ".join(self.log_lines()[-lines:]) or "(vLLM printed nothing)"
 
     def _start_error(self, what: str) -> EngineStartError:
         """Short for the caller (the root cause, no paths or traceback); whole in ``detail``
