@@ -191,16 +191,14 @@ class InferenceService:
         self._streams.add(pump)
         try:
             first = await pump.get()
-        except BaseException:
+            if isinstance(first, Exception):  # failed before its first chunk
+                raise first
+        except BaseException as exc:
             self._streams.discard(pump)
             await pump.aclose()
+            if isinstance(exc, EngineError):  # keeps its HTTP status: nothing was sent yet
+                return engine_error_response(exc)
             raise
-        if isinstance(first, Exception):
-            self._streams.discard(pump)
-            await pump.aclose()
-            if isinstance(first, EngineError):
-                return engine_error_response(first)
-            raise first
         headers = {**_SSE_HEADERS, "x-cold-start": str(await self._cold(first)).lower()}
         # Tool calls go out whole (see tool_stream.py); a stream without tools is not touched.
         tools = ToolCallAssembler() if wants_tool_assembly(body) else None
