@@ -42,7 +42,7 @@ CHAT_TEMPLATES = Path(__file__).parent / "chat_templates"
 BAKED_SETTINGS_ENV = "AUTOSCALE_SETTINGS_JSON"
 """The deploy-time settings, as one JSON value in each Modal image's environment. Not a
 ``VLLM_*`` name: vLLM warns about every ``VLLM_*`` variable it does not know."""
-SECRET_ENV = ("VLLM_WRAPPER_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+SECRET_ENV = ("VLLM_WRAPPER_API_KEY", "VLLM_API_KEYS", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 """Secrets the containers get from the ``vllm-secrets`` Modal Secret: never baked into an
 image, never handed to the vLLM process."""
 SERVICE_NAME = "VLLM Auto-Scale Service"
@@ -161,6 +161,39 @@ class Settings(BaseSettings):
     # -- the wrapper ----------------------------------------------------------------------------
     wrapper_api_key: SecretStr | None = None
     """When set, every route but / and /health needs ``Authorization: Bearer <key>``."""
+    api_keys: SecretStr | None = None
+    """More named keys, as a JSON list of entries ``{"name", "key" or "sha256", "role",
+    "rpm", "tpm", "max_streams", "monthly_budget_usd"}`` (a secret: the Modal Secret or the
+    environment). See deploy/gateway/keys.py."""
+    api_keys_file: Path | None = None
+    """A TOML (``[[keys]]``) or JSON file of key entries, the same fields as ``api_keys``
+    (with ``sha256`` rather than the key: ``vllm-autoscale keys new`` writes one)."""
+    default_rpm: int | None = Field(default=None, ge=0)
+    """Requests per minute for a key that sets none (None: unlimited)."""
+    default_tpm: int | None = Field(default=None, ge=0)
+    """Tokens per minute (prompt plus ``max_tokens``, settled on the real usage)."""
+    default_max_streams: int | None = Field(default=None, ge=0)
+    """Streams a key may hold open at once."""
+    default_monthly_budget_usd: float | None = Field(default=None, ge=0)
+    """What a key may spend per UTC month at ``gpu_price_per_hour``; then 429
+    ``insufficient_quota`` until the month ends."""
+    state_url: str | None = None
+    """Where the usage ledger, shared limit counters and stored keys live:
+    ``sqlite:///PATH``, ``modal-dict://NAME`` or ``memory://``. Default: a SQLite file in
+    ``~/.local/state/vllm-autoscale/`` locally; on Modal, Modal Dicts every wrapper
+    container shares."""
+    state_sync_interval: float = Field(default=2.0, gt=0, le=300)
+    """Seconds between writes of the ledger and reads of other wrappers' counters: how far
+    a limit shared by several wrapper containers can be overrun, and what a wrapper killed
+    without a shutdown can lose."""
+    cache_max_entries: int = Field(default=1024, ge=0)
+    """Responses the cache keeps (0: no cache). Only deterministic requests are cached:
+    temperature 0 or a seed set."""
+    cache_max_bytes: int = Field(default=64 * 2**20, ge=1024)
+    cache_ttl: float = Field(default=3600.0, gt=0)
+    """Seconds an entry is replayed."""
+    cache_shared: bool = False
+    """Replay one key's answers to other keys (off: each key has its own entries)."""
     max_queue: int = Field(default=256, ge=1)
     """Requests that may wait for a starting engine; more get 503 with Retry-After."""
     queue_timeout: float = Field(default=10 * MINUTES, gt=0)
@@ -203,7 +236,9 @@ class Settings(BaseSettings):
     def baked_env(self) -> dict[str, str]:
         """The image environment that makes ``load()`` in a container return these settings
         (secrets excluded: they come from the Modal Secret at run time)."""
-        data = self.model_dump(mode="json", exclude={"wrapper_api_key"}, exclude_none=True)
+        data = self.model_dump(
+            mode="json", exclude={"wrapper_api_key", "api_keys"}, exclude_none=True
+        )
         return {BAKED_SETTINGS_ENV: json.dumps(data, sort_keys=True)}
 
     @classmethod

@@ -40,6 +40,17 @@ class Metrics:
             "vllm_autoscale_queue_depth", "Requests waiting for the engine", registry=r
         )
         self.cold_starts = Gauge("vllm_autoscale_cold_starts", "Engine starts so far", registry=r)
+        # Per API key: labelled by the key's name, never by the key.
+        self.key_requests = Counter(
+            "vllm_autoscale_key_requests",
+            "Requests by key name and outcome (served, cache_hit, or the limit that refused)",
+            ["key", "outcome"], registry=r,
+        )  # fmt: skip
+        self.key_tokens = Counter(
+            "vllm_autoscale_key_tokens", "Engine tokens by key name and direction",
+            ["key", "direction"], registry=r,
+        )  # fmt: skip
+        self._key_children: dict[tuple[str, str], Any] = {}
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         # Label children are looked up once per (route, status): this runs on every request.
@@ -53,10 +64,23 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def count_usage(self, usage: dict | None) -> None:
+    def count_usage(self, usage: dict | None, key: str | None = None) -> None:
         if usage:
-            self.tokens.labels("in").inc(usage.get("prompt_tokens") or 0)
-            self.tokens.labels("out").inc(usage.get("completion_tokens") or 0)
+            prompt, completion = (
+                usage.get("prompt_tokens") or 0,
+                usage.get("completion_tokens") or 0,
+            )
+            self.tokens.labels("in").inc(prompt)
+            self.tokens.labels("out").inc(completion)
+            if key is not None:
+                self.key_tokens.labels(key, "in").inc(prompt)
+                self.key_tokens.labels(key, "out").inc(completion)
+
+    def count_key(self, key: str, outcome: str) -> None:
+        child = self._key_children.get((key, outcome))
+        if child is None:
+            child = self._key_children[(key, outcome)] = self.key_requests.labels(key, outcome)
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

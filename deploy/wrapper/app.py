@@ -17,11 +17,21 @@ from pydantic.json_schema import models_json_schema
 
 from ..config import SERVICE_NAME, SERVICE_VERSION, Settings
 from ..contract import EngineTransport
+from ..gateway import Gateway
+from ..gateway.store import StateStore
 from ..metrics import Metrics
 from ..model_info import ModelInfo, describe_served_model
 from ..protocol import RequestModels, request_models
 from ..token_counter import TokenCounter
-from . import handlers, routes_docs, routes_openai, routes_seed, routes_service, routes_tokenize
+from . import (
+    handlers,
+    routes_docs,
+    routes_gateway,
+    routes_openai,
+    routes_seed,
+    routes_service,
+    routes_tokenize,
+)
 from .middleware import FastPath, RequestContext
 from .service import InferenceService
 
@@ -34,22 +44,26 @@ def create_app(
     transport: EngineTransport,
     settings: Settings | None = None,
     model_info: ModelInfo | None = None,
+    store: StateStore | None = None,
 ) -> FastAPI:
     """The wrapper app over ``transport``; ``settings`` default to the environment's.
     ``model_info`` (what ``/v1/models`` reports, what ``/tokenize`` counts with) defaults to
-    what the transport's engine configuration or the settings say: never the engine itself."""
+    what the transport's engine configuration or the settings say: never the engine itself.
+    ``store`` holds the gateway's shared state (default: ``VLLM_STATE_URL``'s)."""
     settings = settings or Settings.load()
     models = request_models(settings.limits)
+    gateway = Gateway(settings, store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         # On Modal, a container stop; locally, LocalStack has drained already (a no-op).
         await app.state.service.drain(settings.drain_grace)
+        await gateway.aclose()  # the ledger's last rows
         await transport.aclose()
 
-    # With a key, the docs need it too (unless VLLM_PUBLIC_DOCS): routes_docs serves them.
-    public_docs = settings.public_docs or settings.wrapper_api_key is None
+    # With keys, the docs need one too (unless VLLM_PUBLIC_DOCS): routes_docs serves them.
+    public_docs = settings.public_docs or gateway.keys.open
     app = FastAPI(
         title=SERVICE_NAME, version=SERVICE_VERSION, description=DESCRIPTION, lifespan=lifespan,
         **({} if public_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
@@ -58,11 +72,10 @@ def create_app(
     app.state.settings = settings
     app.state.transport = transport
     app.state.metrics = metrics
-    app.state.service = InferenceService(transport, settings, metrics)
+    app.state.gateway = gateway
+    app.state.service = InferenceService(transport, settings, metrics, gateway)
     app.state.model_info = model_info or describe_served_model(transport, settings)
     app.state.token_counter = TokenCounter(app.state.model_info)  # loads on first use
-    key = settings.wrapper_api_key
-    app.state.api_key = key.get_secret_value().encode() if key else None
 
     handlers.install(app)
     hot = routes_openai.hot_route(models)
@@ -71,6 +84,7 @@ def create_app(
     app.include_router(routes_openai.router(models))
     app.include_router(routes_service.router)
     app.include_router(routes_tokenize.router(settings.limits))
+    app.include_router(routes_gateway.router)
     if not public_docs:
         app.include_router(routes_docs.router)
     app.add_middleware(FastPath, route=hot)

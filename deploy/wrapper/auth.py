@@ -1,26 +1,39 @@
-"""The wrapper's one authentication rule: ``Authorization: Bearer <VLLM_WRAPPER_API_KEY>``."""
+"""Who is asking: ``Authorization: Bearer <key>`` against the gateway's named keys.
+
+``require_api_key`` puts the caller's ``KeyRecord`` on ``request.state.caller``;
+``require_admin`` also wants the admin role (usage of every key, key management, metrics).
+"""
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from .handlers import AuthError
+from ..gateway import Gateway, KeyRecord
+from .handlers import AuthError, Forbidden
 
-__all__ = ["ApiKey", "require_api_key"]
+__all__ = ["Admin", "ApiKey", "Caller", "require_admin", "require_api_key"]
 
 
-async def require_api_key(request: Request) -> None:
-    """Pass when no key is configured or the request carries it (compared in constant time)."""
-    api_key: bytes | None = request.app.state.api_key
-    if api_key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key):
+async def require_api_key(request: Request) -> KeyRecord:
+    """The caller's key (constant-time comparisons); ``AuthError`` when none matches."""
+    gateway: Gateway = request.app.state.gateway
+    caller = gateway.authenticate(request.headers.get("authorization", ""))
+    if caller is None:
         raise AuthError()
+    request.state.caller = caller
+    return caller
 
 
-ApiKey = Annotated[None, Depends(require_api_key)]
-"""Add ``_: ApiKey`` to a route's parameters, or ``dependencies=[Depends(require_api_key)]``."""
+async def require_admin(request: Request) -> KeyRecord:
+    caller = await require_api_key(request)
+    if not caller.is_admin:
+        raise Forbidden(f"key {caller.name!r} is not an admin key")
+    return caller
+
+
+Caller = Annotated[KeyRecord, Depends(require_api_key)]
+"""A route parameter ``caller: Caller`` is the authenticated key."""
+ApiKey = Caller  # ``_: ApiKey``: the route needs a key, and does not read it
+Admin = Annotated[KeyRecord, Depends(require_admin)]

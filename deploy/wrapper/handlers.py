@@ -20,10 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..errors import EngineError, error_body
+from ..gateway import LimitExceeded
 
 __all__ = [
     "AuthError",
     "ClientGone",
+    "Forbidden",
     "InvalidRequest",
     "engine_error_response",
     "install",
@@ -44,6 +46,10 @@ class InvalidRequest(Exception):
 
 class AuthError(Exception):
     """No key, or the wrong one."""
+
+
+class Forbidden(Exception):
+    """A valid key without the role a route needs."""
 
 
 class ClientGone(Exception):
@@ -84,6 +90,23 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     body = error_body(f"{param}: {first.get('msg', 'invalid request')}", param=param, code=422)
     body["detail"] = json.loads(json.dumps(errors, default=str))
     return JSONResponse(body, status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+
+
+async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        error_body(str(exc), type="permission_error", code=403), status_code=HTTPStatus.FORBIDDEN
+    )
+
+
+async def _limit_exceeded(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LimitExceeded)
+    request.app.state.metrics.count_key(exc.key, f"limited:{exc.limit}")
+    body = error_body(str(exc), type=exc.code, param=None, code=exc.code)
+    body["error"]["limit"] = exc.limit  # which one: rpm, tpm, max_streams, monthly_budget_usd
+    return JSONResponse(
+        body, status_code=HTTPStatus.TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(exc.retry_after)},
+    )  # fmt: skip
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -135,3 +158,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(InvalidRequest, _invalid_request)
     app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(LimitExceeded, _limit_exceeded)

@@ -1,4 +1,5 @@
-"""The service's own routes: ``/status``, ``/warmup``, ``/metrics`` (all need the key).
+"""The service's own routes: ``/status``, ``/warmup`` (any key), ``/metrics`` (an admin key:
+it names every key).
 
 ``/status`` and ``/metrics`` never wake the engine; ``/warmup`` starts it and returns at once.
 """
@@ -11,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse, Response
 
-from .auth import require_api_key
+from .auth import require_admin, require_api_key
 from .responses import AUTH_ERRORS
 from .service import InferenceService, Service
 
@@ -38,7 +39,7 @@ async def warmup(service: Service) -> dict[str, Any]:
     return {"model": service.model_name, **st.to_dict()}
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_admin)])
 async def metrics(service: Service) -> Response:
     await _status(service)  # refreshes the queue and cold-start gauges
     return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")

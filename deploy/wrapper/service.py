@@ -25,10 +25,13 @@ from ..config import Settings
 from ..contract import BatchResults, EngineTransport, Facts, Reply
 from ..cost import request_cost
 from ..errors import EngineError, EngineUnavailable
+from ..gateway import Gateway, KeyRecord
+from ..gateway.cache import CacheLookup, StreamRecorder, replay_chunks
+from ..gateway.limiter import Ticket
 from ..metrics import Metrics
 from ..protocol import BatchRequest, ChatCompletionRequest, ChatRequest
 from .handlers import ClientGone, InvalidRequest, engine_error_response
-from .streaming import DONE, END, HEARTBEAT, KEEP_ALIVE, PumpedStream, StreamPump, sse
+from .streaming import DONE, END, HEARTBEAT, KEEP_ALIVE, PumpedStream, StreamPump, sse, sse_stream
 from .tool_stream import ToolCallAssembler, wants_tool_assembly
 
 __all__ = ["InferenceService", "Service", "cancel_on_disconnect", "get_service"]
@@ -41,8 +44,11 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 class InferenceService:
     """One per app: the transport, the settings and the metrics the inference routes share."""
 
-    def __init__(self, transport: EngineTransport, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, transport: EngineTransport, settings: Settings, metrics: Metrics, gateway: Gateway
+    ) -> None:
         self.transport, self.settings, self.metrics = transport, settings, metrics
+        self.gateway = gateway
         self.model_name = transport.model_name
         self.draining = False
         self._in_flight = 0
@@ -109,9 +115,12 @@ class InferenceService:
 
     # -- what each answer carries ---------------------------------------------------------------
 
-    def meta(self, request: Request, facts: Facts, started: float) -> dict[str, Any]:
+    def meta(
+        self, request: Request, facts: Facts, started: float, cache: str = "bypass"
+    ) -> dict[str, Any]:
         engine_s = time.perf_counter() - started - facts.queue_wait_s
         return {
+            "cache": cache,
             "request_id": request.state.request_id,
             "cold_start": facts.cold_start,
             "queue_wait_ms": round(facts.queue_wait_s * 1000, 1),
@@ -131,19 +140,56 @@ class InferenceService:
             "x-cold-start": str(meta["cold_start"]).lower(),
             "x-queue-wait-ms": str(meta["queue_wait_ms"]),
             "x-engine-ms": str(meta["engine_ms"]),
+            "x-cache": meta["cache"],
         }
+
+    @staticmethod
+    def hit_meta(request: Request) -> dict[str, Any]:
+        """A cache hit's metadata: no engine, no GPU time, no cost."""
+        return {"cache": "hit", "request_id": request.state.request_id, "cold_start": False,
+                "queue_wait_ms": 0.0, "engine_ms": 0.0,
+                "cost": {"gpu_seconds": 0.0, "usd": 0.0, "cold_start_usd": 0.0}}  # fmt: skip
+
+    def _lookup(self, request: Request, caller: KeyRecord, body: dict[str, Any]) -> CacheLookup:
+        return self.gateway.lookup(caller, body, request.headers.get("cache-control", ""))
+
+    def _served(self, caller: KeyRecord, usage: dict | None, meta: dict[str, Any]) -> None:
+        self.gateway.record(caller, self.model_name, usage, meta)
+        self.metrics.count_usage(usage, caller.name)
+        self.metrics.count_key(caller.name, "served")
+
+    def _hit(self, caller: KeyRecord, completion: dict[str, Any]) -> None:
+        self.gateway.record(caller, self.model_name, completion.get("usage"), cache_hit=True)
+        self.metrics.count_key(caller.name, "cache_hit")
 
     # -- completing -----------------------------------------------------------------------------
 
     async def complete(
         self, request: Request, body: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """One chat completion: vLLM's response and the call's metadata."""
+        """One chat completion (from the cache when it can be): the response and the call's
+        metadata. The caller's limits are taken before the engine is asked."""
+        caller: KeyRecord = request.state.caller
+        lookup = self._lookup(request, caller, body)
+        if lookup.hit is not None:
+            self._hit(caller, lookup.hit)
+            return lookup.hit, self.hit_meta(request)
+        ticket = self.gateway.admit(caller, [body])
         started = time.perf_counter()
-        with self._tracked():
-            reply = await cancel_on_disconnect(request, self.transport.chat(body))
-        self.metrics.count_usage(reply.body.get("usage"))
-        return reply.body, self.meta(request, reply.facts or Facts(), started)
+        try:
+            with self._tracked():
+                reply = await cancel_on_disconnect(request, self.transport.chat(body))
+        except BaseException:
+            ticket.settle(None)
+            raise
+        usage = reply.body.get("usage")
+        ticket.settle(_tokens(usage))
+        meta = self.meta(request, reply.facts or Facts(), started,
+                         "miss" if lookup.store else "bypass")  # fmt: skip
+        self._served(caller, usage, meta)
+        if lookup.store and self.gateway.cache is not None and lookup.key is not None:
+            self.gateway.cache.put(lookup.key, reply.body)
+        return reply.body, meta
 
     async def completion_response(self, request: Request, body: dict[str, Any]) -> Response:
         result, meta = await self.complete(request, body)
@@ -153,15 +199,30 @@ class InferenceService:
         )
 
     async def batch(self, request: Request, req: BatchRequest) -> tuple[dict[str, Any], dict]:
-        """Many completions in one engine call; a failed item keeps its error in its slot."""
+        """Many completions in one engine call; a failed item keeps its error in its slot.
+        The whole batch is admitted (or refused) at once; it does not use the cache."""
+        caller: KeyRecord = request.state.caller
         bodies = [self.engine_body(r, f"requests.{i}.") for i, r in enumerate(req.requests)]
+        ticket = self.gateway.admit(caller, bodies)
         started = time.perf_counter()
-        with self._tracked():
-            reply = await cancel_on_disconnect(
-                request, self.transport.batch(bodies, req.max_concurrency)
-            )
+        try:
+            with self._tracked():
+                reply = await cancel_on_disconnect(
+                    request, self.transport.batch(bodies, req.max_concurrency)
+                )
+        except BaseException:
+            ticket.settle(None)
+            raise
         meta = self.meta(request, reply.facts or Facts(), started)
-        return {"object": "batch.chat.completion", "results": self._items(reply.body, meta),
+        items = self._items(reply.body, meta)
+        served = [item["response"] for item in items if "response" in item]
+        usage = _sum_usage(r.get("usage") for r in served)
+        ticket.settle(_tokens(usage))
+        self.gateway.record(caller, self.model_name, usage, meta, requests=len(served))
+        self.metrics.count_usage(usage, caller.name)
+        for _ in served:
+            self.metrics.count_key(caller.name, "served")
+        return {"object": "batch.chat.completion", "results": items,
                 "vllm_autoscale": meta}, meta  # fmt: skip
 
     def _items(self, results: BatchResults, meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,7 +231,6 @@ class InferenceService:
             if isinstance(result, EngineError):
                 out.append({"index": i, "status_code": result.status_code, **result.to_body()})
             else:
-                self.metrics.count_usage(result.get("usage"))
                 result["vllm_autoscale"] = meta  # each answer carries the call's facts
                 out.append({"index": i, "status_code": 200, "response": result})
         return out
@@ -182,10 +242,15 @@ class InferenceService:
         HTTP status; a cold start holds the first chunk back, and the stream then opens with
         heartbeats instead."""
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        # Usage always travels from the engine (metrics count it); callers who did not ask
-        # for the usage chunk do not get it.
+        caller: KeyRecord = request.state.caller
+        lookup = self._lookup(request, caller, body)
+        if lookup.hit is not None:
+            return self._replay(request, caller, lookup.hit, wants_usage)
+        # Usage always travels from the engine (metrics and the ledger count it); callers
+        # who did not ask for the usage chunk do not get it.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         self._admit()
+        ticket = self.gateway.admit(caller, [body], stream=True)
         started = time.perf_counter()
         pump = StreamPump(self.transport.stream(body), self.settings.heartbeat_interval)
         self._streams.add(pump)
@@ -195,16 +260,39 @@ class InferenceService:
                 raise first
         except BaseException as exc:
             self._streams.discard(pump)
+            ticket.settle(None)
             await pump.aclose()
             if isinstance(exc, EngineError):  # keeps its HTTP status: nothing was sent yet
                 return engine_error_response(exc)
             raise
-        headers = {**_SSE_HEADERS, "x-cold-start": str(await self._cold(first)).lower()}
+        cache = "miss" if lookup.store else "bypass"
+        headers = {**_SSE_HEADERS, "x-cold-start": str(await self._cold(first)).lower(),
+                   "x-cache": cache}  # fmt: skip
         # Tool calls go out whole (see tool_stream.py); a stream without tools is not touched.
         tools = ToolCallAssembler() if wants_tool_assembly(body) else None
-        events = self._events(request, pump, first, started, wants_usage, tools)
+        run = _StreamRun(caller, ticket, started, wants_usage, tools, lookup)
+        events = self._events(request, pump, first, run)
+
+        def closed() -> None:
+            self._streams.discard(pump)
+            ticket.settle(None)  # no-op once the usage chunk settled it
+
         return PumpedStream(events, pump, media_type="text/event-stream", headers=headers,
-                            on_close=lambda: self._streams.discard(pump))  # fmt: skip
+                            on_close=closed)  # fmt: skip
+
+    def _replay(
+        self, request: Request, caller: KeyRecord, completion: dict[str, Any], wants_usage: bool
+    ) -> Response:
+        """A cache hit as a stream: the same chunks' shape, no engine."""
+        self._hit(caller, completion)
+        events: list[dict[str, Any]] = list(replay_chunks(completion))
+        if wants_usage:
+            events.append({"id": completion.get("id"), "object": "chat.completion.chunk",
+                           "created": completion.get("created"), "model": completion.get("model"),
+                           "choices": [], "usage": completion.get("usage"),
+                           "vllm_autoscale": self.hit_meta(request)})  # fmt: skip
+        headers = {**_SSE_HEADERS, "x-cold-start": "false", "x-cache": "hit"}
+        return sse_stream(events, headers)
 
     async def _cold(self, first: Any) -> bool:
         """Whether this stream waited for a start: its facts say, or, when it opens with a
@@ -214,15 +302,9 @@ class InferenceService:
         return (await self.transport.status()).state != "warm"
 
     async def _events(
-        self,
-        request: Request,
-        pump: StreamPump,
-        item: Any,
-        started: float,
-        wants_usage: bool,
-        tools: ToolCallAssembler | None = None,
+        self, request: Request, pump: StreamPump, item: Any, run: _StreamRun
     ) -> AsyncIterator[bytes]:
-        facts, first_token = Facts(), True
+        facts, first_token, tools = Facts(), True, run.tools
         while item is not END:
             if item is HEARTBEAT:
                 yield KEEP_ALIVE
@@ -239,13 +321,17 @@ class InferenceService:
                 if chunk is None:  # a tool call's piece, held until the call is whole
                     item = await pump.get()
                     continue
+                if run.recorder is not None:
+                    run.recorder.feed(chunk)
                 if first_token and chunk.get("choices"):
-                    self.metrics.ttft.observe(time.perf_counter() - started)
+                    self.metrics.ttft.observe(time.perf_counter() - run.started)
                     first_token = False
                 if chunk.get("usage") and not chunk.get("choices"):
-                    self.metrics.count_usage(chunk["usage"])
-                    if wants_usage:
-                        chunk["vllm_autoscale"] = self.meta(request, facts, started)
+                    meta = self.meta(request, facts, run.started, run.cache)
+                    run.ticket.settle(_tokens(chunk["usage"]))
+                    self._served(run.caller, chunk["usage"], meta)
+                    if run.wants_usage:
+                        chunk["vllm_autoscale"] = meta
                         yield sse(chunk)
                 else:
                     yield sse(chunk)
@@ -254,7 +340,43 @@ class InferenceService:
             last = tools.finish() if tools is not None else None
             if last is not None:  # the engine ended without a finish reason
                 yield sse(last)
+            run.store_in_cache(self.gateway)
         yield DONE
+
+
+class _StreamRun:
+    """What one stream carries from its admission to its end."""
+
+    def __init__(
+        self,
+        caller: KeyRecord,
+        ticket: Ticket,
+        started: float,
+        wants_usage: bool,
+        tools: ToolCallAssembler | None,
+        lookup: CacheLookup,
+    ) -> None:
+        self.caller, self.ticket, self.started = caller, ticket, started
+        self.wants_usage, self.tools, self.lookup = wants_usage, tools, lookup
+        self.cache = "miss" if lookup.store else "bypass"
+        self.recorder = StreamRecorder() if lookup.store else None
+
+    def store_in_cache(self, gateway: Gateway) -> None:
+        """A stream that ran to its end fills the cache as a plain request would."""
+        if self.recorder is not None and gateway.cache is not None and self.lookup.key:
+            gateway.cache.put(self.lookup.key, self.recorder.completion())
+
+
+def _tokens(usage: dict[str, Any] | None) -> int | None:
+    return int(usage.get("total_tokens") or 0) if usage else None
+
+
+def _sum_usage(usages: Any) -> dict[str, int]:
+    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for usage in usages:
+        for name in total:
+            total[name] += int((usage or {}).get(name) or 0)
+    return total
 
 
 _INT64 = (-(2**63), 2**64 - 1)

@@ -16,7 +16,16 @@ import orjson
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["DONE", "END", "HEARTBEAT", "KEEP_ALIVE", "PumpedStream", "StreamPump", "sse"]
+__all__ = [
+    "DONE",
+    "END",
+    "HEARTBEAT",
+    "KEEP_ALIVE",
+    "PumpedStream",
+    "StreamPump",
+    "sse",
+    "sse_stream",
+]
 
 HEARTBEAT, END = object(), object()
 DONE = b"data: [DONE]\n\n"
@@ -25,6 +34,17 @@ KEEP_ALIVE = b": keep-alive\n\n"
 
 def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def sse_stream(events: list[dict[str, Any]], headers: dict[str, str]) -> StreamingResponse:
+    """A stream whose events are all known already (a cache replay), then ``[DONE]``."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for event in events:
+            yield sse(event)
+        yield DONE
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
 class StreamPump:

@@ -1,0 +1,172 @@
+"""Named API keys: who a request is, what it may do and how much.
+
+A key is stored as its SHA-256 (keys are long random tokens, so a plain hash is enough; a
+leaked keys file or state store gives nobody a working key). Where keys come from:
+
+- ``VLLM_WRAPPER_API_KEY``: the seed's one key, the key named ``default`` (role admin);
+- ``VLLM_API_KEYS``: a JSON list of key entries, from the environment or the Modal Secret;
+- ``VLLM_API_KEYS_FILE``: a TOML (``[[keys]]`` tables) or JSON file of key entries;
+- admin routes (``POST /v1/keys``): kept in the state store, seen by every wrapper.
+
+An entry: ``{"name", "key" or "sha256", "role": "user"|"admin", "rpm", "tpm",
+"max_streams", "monthly_budget_usd"}``; a limit left out takes the ``VLLM_DEFAULT_*`` one.
+With no key configured anywhere, every request is the admin ``anonymous`` (local use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["ANONYMOUS", "KeyRecord", "KeyRing", "hash_key", "new_key", "parse_entries"]
+
+Role = Literal["user", "admin"]
+KEY_PREFIX = "vak-"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_LIMIT_FIELDS = ("rpm", "tpm", "max_streams", "monthly_budget_usd")
+
+
+def hash_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh key: 256 random bits."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One key, without the key itself. A limit of None is unlimited."""
+
+    name: str
+    sha256: str = field(repr=False)
+    role: Role = "user"
+    rpm: int | None = None
+    tpm: int | None = None
+    max_streams: int | None = None
+    monthly_budget_usd: float | None = None
+    source: str = "config"
+    """Where it was declared: "config" (environment, Secret, file) or "store" (admin route)."""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def public(self) -> dict[str, Any]:
+        """What the key routes show: everything but the hash."""
+        data = asdict(self)
+        data.pop("sha256")
+        return data
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ANONYMOUS = KeyRecord("anonymous", "", role="admin", source="none")
+
+
+def parse_entries(entries: Iterable[Any], source: str) -> list[KeyRecord]:
+    """Key entries (dicts) as records; a bad entry is a ``ValueError`` naming it."""
+    records = []
+    for i, entry in enumerate(entries):
+        where = f"{source} entry {i}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: a key entry is an object with name and key or sha256")
+        name = str(entry.get("name", ""))
+        if not _NAME.match(name):
+            raise ValueError(f"{where}: name {name!r} must be 1-64 of A-Z a-z 0-9 _ . @ -")
+        if ("key" in entry) == ("sha256" in entry):
+            raise ValueError(f"{where} ({name}): give exactly one of key and sha256")
+        digest = hash_key(str(entry["key"])) if "key" in entry else str(entry["sha256"]).lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"{where} ({name}): sha256 must be 64 hex digits")
+        role = entry.get("role", "user")
+        if role not in ("user", "admin"):
+            raise ValueError(f"{where} ({name}): role must be 'user' or 'admin'")
+        limits: dict[str, Any] = {}
+        for name_ in _LIMIT_FIELDS:
+            value = entry.get(name_)
+            if value is not None and (isinstance(value, bool) or not value >= 0):
+                raise ValueError(f"{where} ({name}): {name_} must be a number >= 0")
+            limits[name_] = value
+        unknown = set(entry) - {"name", "key", "sha256", "role", "source", *_LIMIT_FIELDS}
+        if unknown:
+            raise ValueError(f"{where} ({name}): unknown field(s) {', '.join(sorted(unknown))}")
+        records.append(KeyRecord(name, digest, role, source=source, **limits))
+    return records
+
+
+def load_file(path: Path) -> list[KeyRecord]:
+    text = Path(path).expanduser().read_text()
+    if str(path).endswith(".toml"):
+        if sys.version_info < (3, 11):
+            raise ValueError(f"{path}: TOML keys files need Python 3.11+; write it as JSON")
+        import tomllib
+
+        data: Any = tomllib.loads(text)
+    else:
+        data = json.loads(text)
+    entries = data.get("keys", []) if isinstance(data, dict) else data
+    return parse_entries(entries, str(path))
+
+
+class KeyRing:
+    """The keys a wrapper knows: configured ones, plus those the store holds (refreshed by
+    the gateway's sync). ``find`` compares against every key in constant time."""
+
+    def __init__(self, configured: list[KeyRecord], defaults: dict[str, Any]) -> None:
+        names = [k.name for k in configured]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"API key name(s) declared twice: {', '.join(sorted(duplicates))}")
+        self.defaults = {k: v for k, v in defaults.items() if k in _LIMIT_FIELDS}
+        self._configured = [self._with_defaults(k) for k in configured]
+        self._stored: list[KeyRecord] = []
+        self._all = self._configured
+
+    def _with_defaults(self, record: KeyRecord) -> KeyRecord:
+        filled = {k: v for k, v in self.defaults.items() if getattr(record, k) is None}
+        return replace(record, **filled) if filled else record
+
+    @property
+    def open(self) -> bool:
+        """No key anywhere: the wrapper is open (every caller is ``ANONYMOUS``)."""
+        return not self._all
+
+    @property
+    def anonymous(self) -> KeyRecord:
+        return self._with_defaults(ANONYMOUS)
+
+    def find(self, token: str) -> KeyRecord | None:
+        digest = hash_key(token).encode()
+        found = None
+        for record in self._all:  # no early exit: the time does not depend on which matched
+            if hmac.compare_digest(digest, record.sha256.encode()):
+                found = record
+        return found
+
+    def get(self, name: str) -> KeyRecord | None:
+        return next((k for k in self._all if k.name == name), None)
+
+    def names(self) -> list[KeyRecord]:
+        return list(self._all)
+
+    def set_stored(self, records: list[KeyRecord]) -> None:
+        configured = {k.name for k in self._configured}
+        self._stored = [self._with_defaults(r) for r in records if r.name not in configured]
+        self._all = self._configured + self._stored
+
+    def add_stored(self, record: KeyRecord) -> None:
+        self.set_stored([*(r for r in self._stored if r.name != record.name), record])
+
+    def remove_stored(self, name: str) -> None:
+        self.set_stored([r for r in self._stored if r.name != name])

@@ -1,0 +1,204 @@
+"""The usage ledger: per key, model and UTC day, what was served and what it cost.
+
+Each wrapper (one process locally, one container on Modal) is a *writer* with its own rows:
+it adds requests up in memory and writes its rows whole to the state store at every sync and
+when it stops. No row has two writers, so the store needs no atomic increments and a lost
+race cannot lose a count; readers add the writers' rows up. A wrapper killed without a
+shutdown loses at most one sync interval of counts; a restart loses nothing.
+
+A monthly budget compares the key's month-to-date cost, all writers together, to its cap.
+"""
+
+from __future__ import annotations
+
+import calendar
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from typing import Any
+
+from .store import StateStore
+
+__all__ = ["Ledger", "UsageRow", "seconds_to_next_month", "total"]
+
+COUNTERS = (
+    "requests",
+    "cache_hits",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "gpu_seconds",
+    "cold_starts",
+    "cost_usd",
+)
+
+
+@dataclass
+class UsageRow:
+    """One key's use of one model on one day. Cache hits count apart: ``requests`` and the
+    token and cost columns are what the engine served; ``cache_hits`` and ``cached_tokens``
+    what the cache answered (no GPU)."""
+
+    date: str
+    key: str
+    model: str
+    requests: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    gpu_seconds: float = 0.0
+    cold_starts: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, other: UsageRow | dict[str, Any]) -> None:
+        get = other.get if isinstance(other, dict) else lambda n, d=0: getattr(other, n)
+        for name in COUNTERS:
+            setattr(self, name, getattr(self, name) + (get(name, 0) or 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["gpu_seconds"] = round(data["gpu_seconds"], 4)
+        data["cost_usd"] = round(data["cost_usd"], 8)
+        return data
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def seconds_to_next_month(now: float) -> float:
+    day = _utc(now)
+    days = calendar.monthrange(day.year, day.month)[1]
+    start = day.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return start.timestamp() + days * 86400 - now
+
+
+class Ledger:
+    def __init__(self, store: StateStore, writer: str, clock: Callable[[], float] = time.time):
+        self.store, self.writer, self.clock = store, writer, clock
+        self._rows: dict[tuple[str, str, str], UsageRow] = {}
+        self._dirty: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()  # record() runs on the loop, flush() in a thread
+        self._peer_spend: dict[str, float] = {}
+        self._peer_month = ""
+
+    def record(
+        self,
+        key: str,
+        model: str,
+        usage: dict[str, Any] | None,
+        *,
+        gpu_seconds: float = 0.0,
+        cold_start: bool = False,
+        cost_usd: float = 0.0,
+        cache_hit: bool = False,
+        requests: int = 1,
+    ) -> None:
+        usage = usage or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        day = _utc(self.clock()).strftime("%Y-%m-%d")
+        ident = (day, key, model)
+        with self._lock:
+            row = self._rows.get(ident)
+            if row is None:
+                row = self._rows[ident] = UsageRow(day, key, model)
+            if cache_hit:
+                row.cache_hits += 1
+                row.cached_tokens += prompt + completion
+            else:
+                row.requests += requests
+                row.prompt_tokens += prompt
+                row.completion_tokens += completion
+                row.gpu_seconds += gpu_seconds
+                row.cold_starts += int(cold_start)
+                row.cost_usd += cost_usd
+            self._dirty.add(ident)
+
+    # -- budgets --------------------------------------------------------------------------------
+
+    def _month(self) -> str:
+        return _utc(self.clock()).strftime("%Y-%m")
+
+    def _own_spend(self, month: str) -> dict[str, float]:
+        spend: dict[str, float] = {}
+        with self._lock:
+            for (day, key, _), row in self._rows.items():
+                if day.startswith(month):
+                    spend[key] = spend.get(key, 0.0) + row.cost_usd
+        return spend
+
+    def month_spend(self, key: str) -> float:
+        """The key's cost this UTC month, every writer's (others' as of the last refresh)."""
+        month = self._month()
+        own = sum(
+            row.cost_usd for (day, k, _), row in list(self._rows.items())
+            if k == key and day.startswith(month)
+        )  # fmt: skip
+        peers = self._peer_spend.get(key, 0.0) if self._peer_month == month else 0.0
+        return own + peers
+
+    # -- the store (blocking: called from a worker thread) -------------------------------------
+
+    def flush(self) -> None:
+        """Write this writer's changed rows and its month's spend summary."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            docs = {
+                "|".join((*ident, self.writer)): {**self._rows[ident].to_dict(),
+                                                  "writer": self.writer}
+                for ident in dirty
+            }  # fmt: skip
+        if not docs:
+            return
+        try:
+            self.store.put_many("ledger", docs)
+            month = self._month()
+            self.store.put_many(
+                "spend", {f"{month}|{self.writer}": {"at": self.clock(), **self._own_spend(month)}}
+            )
+        except BaseException:
+            with self._lock:  # written next time
+                self._dirty |= dirty
+            raise
+
+    def refresh(self) -> None:
+        """Other writers' month-to-date spend, for budgets."""
+        month = self._month()
+        spend: dict[str, float] = {}
+        for name, doc in self.store.items("spend", f"{month}|"):
+            if name == f"{month}|{self.writer}":
+                continue
+            for key, usd in doc.items():
+                if key != "at":
+                    spend[key] = spend.get(key, 0.0) + float(usd)
+        self._peer_spend, self._peer_month = spend, month
+
+    def query(
+        self, key: str | None = None, start: str | None = None, end: str | None = None
+    ) -> list[UsageRow]:
+        """Rows of every writer, added up per (date, key, model); ``start``/``end`` are
+        inclusive ISO dates. Flush first to include this writer's latest counts."""
+        totals: dict[tuple[str, str, str], UsageRow] = {}
+        prefix = start[:7] if start and end and start[:7] == end[:7] else ""
+        for _, doc in self.store.items("ledger", prefix):
+            day, k, model = doc["date"], doc["key"], doc["model"]
+            if (key is not None and k != key) or (start and day < start) or (end and day > end):
+                continue
+            row = totals.get((day, k, model))
+            if row is None:
+                row = totals[(day, k, model)] = UsageRow(day, k, model)
+            row.add(doc)
+        return [totals[i] for i in sorted(totals)]
+
+
+def total(rows: list[UsageRow]) -> dict[str, Any]:
+    """All rows added up (the ``totals`` of ``GET /v1/usage``)."""
+    acc = UsageRow("", "", "")
+    for row in rows:
+        acc.add(row)
+    data = acc.to_dict()
+    return {f.name: data[f.name] for f in fields(acc) if f.name in COUNTERS}

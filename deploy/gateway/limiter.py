@@ -1,0 +1,179 @@
+"""Per-key limits checked before the GPU is touched: requests and tokens per minute, open
+streams. (The monthly budget is the ledger's, ``ledger.py``.)
+
+The counting is the ``limits`` library's sliding-window counter (the algorithm Flask-Limiter
+and SlowAPI use; no burst at a window's edge, two counters per key). Its in-memory storage
+is extended by one thing: other wrappers' counts. Each wrapper publishes its own counters
+to the state store and reads everyone else's (``publish`` / ``absorb``, from the gateway's
+sync); ``get`` adds them in, so a key's limit holds across wrapper containers to within one
+sync interval.
+
+Tokens per minute reserve ``prompt + max_tokens`` when a request is admitted (the prompt
+estimated from its size: no tokenizer on the hot path) and settle on the real usage when it
+completes, as OpenAI's limits do.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+from .keys import KeyRecord
+
+__all__ = ["LimitExceeded", "RateLimits", "Ticket"]
+
+LimitName = Literal["rpm", "tpm", "max_streams", "monthly_budget_usd"]
+_DESCRIBE = {
+    "rpm": "requests per minute",
+    "tpm": "tokens per minute",
+    "max_streams": "concurrent streams",
+    "monthly_budget_usd": "monthly budget (USD)",
+}
+
+
+class LimitExceeded(Exception):
+    """A key went over one of its limits: 429 with ``Retry-After``, naming the limit."""
+
+    def __init__(self, key: str, limit: LimitName, allowed: float, retry_after: float) -> None:
+        self.key, self.limit, self.allowed = key, limit, allowed
+        self.retry_after = max(1, math.ceil(retry_after))
+        what = _DESCRIBE[limit]
+        super().__init__(
+            f"key {key!r} is over its {what} ({limit}={allowed:g}); retry after "
+            f"{self.retry_after} s"
+        )
+
+    @property
+    def code(self) -> str:
+        # OpenAI's codes: a rate limit passes; an exhausted quota needs someone to act.
+        return "insufficient_quota" if self.limit == "monthly_budget_usd" else "rate_limit_exceeded"
+
+
+class _SharedStorage(MemoryStorage):
+    """``limits``' memory storage whose counts include other wrappers' published ones."""
+
+    STORAGE_SCHEME = ["vllm-autoscale-shared"]  # its own scheme: "memory" stays limits'
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peers: dict[str, int] = {}
+
+    def get(self, key: str) -> int:
+        return super().get(key) + self.peers.get(key, 0)
+
+    def own(self) -> dict[str, int]:
+        """This wrapper's live counters (window keys and counts)."""
+        out = {}
+        for key in list(self.storage):
+            count = MemoryStorage.get(self, key)
+            if count > 0:
+                out[key] = count
+        return out
+
+
+@dataclass
+class Ticket:
+    """An admitted request's hold on its key's limits; ``settle`` once it is done."""
+
+    limits: RateLimits
+    key: KeyRecord
+    reserved_tokens: int = 0
+    window_key: str | None = None
+    stream: bool = False
+    settled: bool = field(default=False, repr=False)
+
+    def settle(self, used_tokens: int | None = None) -> None:
+        """Give back the reserved tokens that were not used (all of them when ``None``: the
+        request failed) and the stream slot. Idempotent."""
+        if self.settled:
+            return
+        self.settled = True
+        self.limits._settle(self, used_tokens)
+
+
+class RateLimits:
+    def __init__(self) -> None:
+        self.storage = _SharedStorage()
+        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
+        self._items: dict[int, RateLimitItem] = {}
+        self.streams: Counter[str] = Counter()
+        self.peer_streams: dict[str, int] = {}
+
+    def _per_minute(self, amount: int) -> RateLimitItem:
+        item = self._items.get(amount)
+        if item is None:
+            item = self._items[amount] = RateLimitItemPerMinute(amount)
+        return item
+
+    def _retry_after(self, item: RateLimitItem, ident: str) -> float:
+        return self.limiter.get_window_stats(item, ident).reset_time - time.time()
+
+    def admit(self, key: KeyRecord, requests: int, tokens: int, stream: bool = False) -> Ticket:
+        """Take ``requests`` and ``tokens`` from the key's minute (and a stream slot), or
+        raise ``LimitExceeded`` having taken nothing."""
+        checks: list[tuple[LimitName, RateLimitItem, int]] = []
+        if key.rpm is not None:
+            checks.append(("rpm", self._per_minute(int(key.rpm)), requests))
+        if key.tpm is not None:
+            # A reservation larger than the whole limit could never pass: it takes the limit.
+            checks.append(("tpm", self._per_minute(int(key.tpm)), min(tokens, int(key.tpm))))
+        for name, item, cost in checks:
+            if not self.limiter.test(item, f"{name}:{key.name}", cost=cost):
+                raise LimitExceeded(key.name, name, item.amount,
+                                    self._retry_after(item, f"{name}:{key.name}"))  # fmt: skip
+        if stream and key.max_streams is not None:
+            open_now = self.streams[key.name] + self.peer_streams.get(key.name, 0)
+            if open_now >= key.max_streams:
+                raise LimitExceeded(key.name, "max_streams", key.max_streams, 1)
+        ticket = Ticket(self, key, stream=stream)
+        for name, item, cost in checks:
+            ident = f"{name}:{key.name}"
+            self.limiter.hit(item, ident, cost=cost)
+            if name == "tpm":
+                ticket.reserved_tokens = cost
+                now = time.time()
+                ticket.window_key = self.storage.sliding_window_keys(
+                    item.key_for(ident), item.get_expiry(), now
+                )[1]
+        if stream:
+            self.streams[key.name] += 1
+        return ticket
+
+    def _settle(self, ticket: Ticket, used_tokens: int | None) -> None:
+        if ticket.window_key is not None:
+            unused = ticket.reserved_tokens - (used_tokens or 0)
+            if unused > 0:
+                self.storage.decr(ticket.window_key, unused)
+            elif unused < 0:  # used more than reserved (an estimate was low): count it
+                self.storage.incr(ticket.window_key, 120, -unused)
+        if ticket.stream:
+            self.streams[ticket.key.name] -= 1
+            if self.streams[ticket.key.name] <= 0:
+                del self.streams[ticket.key.name]
+
+    # -- sharing across wrappers (called from the gateway's sync) -----------------------------
+
+    def publish(self) -> dict[str, object]:
+        """This wrapper's counters, for the state store."""
+        return {"at": time.time(), "windows": self.storage.own(), "streams": dict(self.streams)}
+
+    def absorb(self, peers: list[dict], stale_after: float) -> None:
+        """Other wrappers' published counters; those not refreshed for ``stale_after``
+        seconds (a stopped wrapper) count no more."""
+        windows: Counter[str] = Counter()
+        streams: Counter[str] = Counter()
+        now = time.time()
+        for doc in peers:
+            if now - float(doc.get("at", 0)) > stale_after:
+                continue
+            windows.update(doc.get("windows") or {})
+            streams.update(doc.get("streams") or {})
+        self.storage.peers = dict(windows)
+        self.peer_streams = dict(streams)
