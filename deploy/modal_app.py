@@ -92,10 +92,15 @@ gpu_image = (
 # chat templates alike, and jinja2, which its templates need. Only the tokenizer's files are
 # fetched from the Hub, on the first count; HF_TOKEN comes from vllm-secrets (Llama is gated).
 TOKENIZER_PACKAGES = ["transformers>=5.16.1,<5.20", "jinja2>=3.1"]
+# The gateway's rate-limit counters and response cache (deploy/gateway/).
+GATEWAY_PACKAGES = ["limits>=5.6,<6", "cachetools>=5.5"]
+# The gateway's shared state on Modal: one Modal Dict per table, named from this. Every
+# wrapper container reads and writes them, and they outlive every container and deploy.
+STATE_URL = f"modal-dict://{APP_NAME}-gateway"
 
 wrapper_image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
-    .uv_pip_install("uvicorn>=0.30", *SERVER_PACKAGES, *TOKENIZER_PACKAGES)
+    .uv_pip_install("uvicorn>=0.30", *SERVER_PACKAGES, *GATEWAY_PACKAGES, *TOKENIZER_PACKAGES)
     .env(settings.baked_env())
     .add_local_python_source("deploy", ignore=_not_shipped)
 )
@@ -190,6 +195,7 @@ class VLLMInference:
 @modal.concurrent(max_inputs=1000)
 @modal.asgi_app()
 def wrapper():
+    from deploy.gateway.store import open_store
     from deploy.transport_modal import ModalTransport
     from deploy.wrapper import create_app
 
@@ -205,4 +211,6 @@ def wrapper():
         gpu_class, model_name=settings.model, scaledown_window=settings.scaledown_window,
         stats=stats, max_containers=settings.max_containers,
     )  # fmt: skip
-    return create_app(transport, Settings.load())
+    container_settings = Settings.load()
+    store = open_store(container_settings.state_url or STATE_URL)
+    return create_app(transport, container_settings, store=store)

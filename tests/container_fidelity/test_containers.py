@@ -44,7 +44,9 @@ CUDA_ONLY_FLAGS = ("--tensor-parallel-size", "--gpu-memory-utilization")  # each
 def deployed_settings() -> Settings:
     """The settings the containers should see: the deploy-time ones, the secret from the
     Modal Secret."""
-    return Settings(**{k.removeprefix("VLLM_").lower(): v for k, v in DEPLOY_SETTINGS.items()})
+    deploy_env = {k.removeprefix("VLLM_").lower(): v for k, v in DEPLOY_SETTINGS.items()}
+    # Not the test process's own VLLM_STATE_URL (tests/conftest.py): the deploy has none.
+    return Settings(**{"state_url": None, **deploy_env})
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -183,6 +185,25 @@ def test_wrapper_container_sees_the_deploy_time_settings(wrapper_container) -> N
     assert report["settings"] == expected
     assert report["has_api_key"] is True
     assert report["engine_modules"] == []  # no vLLM or torch in the wrapper
+
+
+def test_wrapper_container_keeps_its_ledger_in_modal_dicts(wrapper_container) -> None:
+    """On Modal the gateway's state is in Modal Dicts every wrapper container shares; the
+    usage route reads back what a request wrote through the store's Dict calls."""
+    assert wrapper_container["report"]["state_dicts"] == [
+        f"vllm-autoscale-gateway-{table}" for table in ("ledger", "spend", "limits", "keys")
+    ]
+    auth = {"authorization": f"Bearer {SECRET_VALUES['VLLM_WRAPPER_API_KEY']}"}
+    with httpx.Client(base_url=wrapper_container["url"], timeout=30) as http:
+        before = http.get("/v1/usage", headers=auth).json()["totals"]
+        chat = http.post(
+            "/chat", headers=auth, json={"messages": [{"role": "user", "content": "x"}]}
+        )
+        after = http.get("/v1/usage", headers=auth).json()
+    assert chat.status_code == 200
+    assert after["totals"]["requests"] == before["requests"] + 1
+    assert after["totals"]["completion_tokens"] == before["completion_tokens"] + 6
+    assert {row["key"] for row in after["data"]} == {"default"}  # the Secret's key, by name
 
 
 # -- the GPU container --------------------------------------------------------------------------

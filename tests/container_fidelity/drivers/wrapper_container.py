@@ -54,6 +54,20 @@ class GpuClassStandIn:
         )
 
 
+class ModalDictStandIn(dict):
+    """Plays a ``modal.Dict`` (the calls the gateway's store makes), in this process."""
+
+    names: list[str] = []
+
+    @classmethod
+    def from_name(cls, name: str, *, create_if_missing: bool = False) -> ModalDictStandIn:
+        cls.names.append(name)
+        return cls()
+
+
+import modal  # noqa: E402
+
+modal.Dict.from_name = ModalDictStandIn.from_name  # type: ignore[method-assign]
 app_module.VLLMInference = GpuClassStandIn
 asgi_app = raw_function(app_module.wrapper)()
 
@@ -62,6 +76,7 @@ report(report_path, {
     "settings": seen.model_dump(mode="json", exclude={"wrapper_api_key"}),
     "has_api_key": seen.wrapper_api_key is not None,
     "engine_modules": sorted(m for m in sys.modules if m.startswith(("vllm", "torch"))),
+    "state_dicts": ModalDictStandIn.names,
 })  # fmt: skip
 
 import uvicorn  # noqa: E402
