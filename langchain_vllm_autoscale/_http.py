@@ -52,6 +52,15 @@ def _retry_after(response: httpx.Response | None) -> float | None:
         return None
 
 
+def _worth_retrying(response: httpx.Response) -> bool:
+    """A retryable status whose ``Retry-After`` (if any) is within the longest wait a retry
+    makes: a key out of its monthly budget is told to come back in days, and hears so now."""
+    if response.status_code not in RETRY_STATUS:
+        return False
+    hinted = _retry_after(response)
+    return hinted is None or hinted <= _MAX_BACKOFF * 2
+
+
 def _backoff(attempt: int, response: httpx.Response | None) -> float:
     hinted = _retry_after(response)
     if hinted is not None:
@@ -196,7 +205,7 @@ class ServiceClient:
                     time.sleep(_backoff(attempt, None))
                     continue
                 raise _transport_error(exc, self.timeout) from exc
-            if response.status_code in RETRY_STATUS and attempt < self.max_retries:
+            if _worth_retrying(response) and attempt < self.max_retries:
                 time.sleep(_backoff(attempt, response))
                 continue
             return self._decode(response)
@@ -212,7 +221,7 @@ class ServiceClient:
                     await asyncio.sleep(_backoff(attempt, None))
                     continue
                 raise _transport_error(exc, self.timeout) from exc
-            if response.status_code in RETRY_STATUS and attempt < self.max_retries:
+            if _worth_retrying(response) and attempt < self.max_retries:
                 await asyncio.sleep(_backoff(attempt, response))
                 continue
             return self._decode(response)
@@ -256,7 +265,7 @@ class ServiceClient:
                 with self._sync.stream("POST", path, json=body) as response:
                     if response.status_code >= 400:
                         content = response.read()
-                        if response.status_code in RETRY_STATUS and attempt < self.max_retries:
+                        if _worth_retrying(response) and attempt < self.max_retries:
                             time.sleep(_backoff(attempt, response))
                             continue
                         raise _error(response, content)
@@ -283,7 +292,7 @@ class ServiceClient:
                 async with client.stream("POST", path, json=body) as response:
                     if response.status_code >= 400:
                         content = await response.aread()
-                        if response.status_code in RETRY_STATUS and attempt < self.max_retries:
+                        if _worth_retrying(response) and attempt < self.max_retries:
                             await asyncio.sleep(_backoff(attempt, response))
                             continue
                         raise _error(response, content)

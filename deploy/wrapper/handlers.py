@@ -101,8 +101,9 @@ async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
 async def _limit_exceeded(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LimitExceeded)
     request.app.state.metrics.count_key(exc.key, f"limited:{exc.limit}")
-    body = error_body(str(exc), type=exc.code, param=None, code=exc.code)
-    body["error"]["limit"] = exc.limit  # which one: rpm, tpm, max_streams, monthly_budget_usd
+    # As OpenAI's: `type` names the limit (rpm, tpm, max_streams, monthly_budget_usd), `code`
+    # is rate_limit_exceeded (wait and retry) or insufficient_quota (someone must act).
+    body = error_body(str(exc), type=exc.limit, param=None, code=exc.code)
     return JSONResponse(
         body, status_code=HTTPStatus.TOO_MANY_REQUESTS,
         headers={"Retry-After": str(exc.retry_after)},

@@ -623,3 +623,30 @@ async def test_aclose_closes_the_loops_client() -> None:
     await client.arequest("GET", "/status")
     assert await client._async_client() is not built
     await client.aclose()
+
+
+@MODES
+def test_a_retry_after_past_the_longest_back_off_is_not_waited_for(
+    mode: str, sleeps: list[float]
+) -> None:
+    """A key out of its monthly budget hears 429 with Retry-After in days: the error comes
+    at once, not after retries that each sleep a minute."""
+    script = Script(
+        error_json(429, "key 'team' is over its monthly budget", **{"Retry-After": "86400"}),
+        httpx.Response(200, json=OK_BODY),
+    )
+    with pytest.raises(RateLimitError) as info:
+        do_request(make_client(script), mode)
+    assert len(script.requests) == 1 and sleeps == []
+    assert "monthly budget" in info.value.message
+
+
+@MODES
+def test_a_stream_refused_for_days_is_not_retried(mode: str, sleeps: list[float]) -> None:
+    script = Script(
+        error_json(429, "over budget", **{"Retry-After": str(40 * 86400)}),
+        sse(data({"choices": []}), "data: [DONE]"),
+    )
+    with pytest.raises(RateLimitError):
+        do_stream(make_client(script), mode)
+    assert len(script.requests) == 1 and sleeps == []

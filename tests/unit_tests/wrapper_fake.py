@@ -207,6 +207,9 @@ def make_settings(**overrides: Any) -> Settings:
         "default_max_tokens": None,
         "scaledown_window": 120,
         "gpu_price_per_hour": 2.5,
+        # Apps are shared between tests: a cached answer would leak from one to the next
+        # (the gateway's tests turn the cache on, in fresh apps).
+        "cache_max_entries": 0,
     }
     values.update(overrides)
     return Settings(**values)
