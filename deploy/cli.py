@@ -201,31 +201,59 @@ class CliError(Exception):
         self.hint = hint
 
 
-def _call(args: argparse.Namespace, method: str, path: str) -> dict:
+def _http_client() -> Any:
+    """The client every wrapper call uses (tests replace it with a mock transport's)."""
+    import httpx
+
+    return httpx.Client(timeout=30, follow_redirects=True)
+
+
+def _error_message(resp: Any) -> str:
+    """The message of an OpenAI-shaped error body, on one line; else the body's start."""
+    try:
+        error = resp.json().get("error")
+        message = str(error["message"]) if isinstance(error, dict) else ""
+    except (ValueError, AttributeError, KeyError):
+        message = ""
+    return " ".join((message or resp.text[:300]).split())
+
+
+def _call(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    body: dict[str, Any] | None = None,
+) -> Any:
+    """One request to the wrapper: its JSON answer (None for 204), or a one-line CliError."""
     import httpx
 
     url = (args.url or os.environ.get("VLLM_AUTOSCALE_URL") or "http://127.0.0.1:8000").rstrip("/")
     key = args.api_key or os.environ.get("VLLM_AUTOSCALE_API_KEY")
     headers = {"authorization": f"Bearer {key}"} if key else {}
+    params = {k: v for k, v in (params or {}).items() if v is not None}
     try:
-        resp = httpx.request(method, url + path, headers=headers, timeout=30, follow_redirects=True)
+        with _http_client() as client:
+            resp = client.request(method, url + path, headers=headers, params=params, json=body)
     except httpx.HTTPError as exc:
         raise CliError(
             f"cannot reach the wrapper at {url} ({type(exc).__name__})",
             "is it running? `vllm-autoscale serve --local`, or set --url / VLLM_AUTOSCALE_URL "
             "to your Modal URL",
         ) from exc
+    if resp.status_code < 400:
+        return None if resp.status_code == 204 else resp.json()
+    message = _error_message(resp)
     if resp.status_code == 401:
         raise CliError(
-            f"the wrapper at {url} refused the API key",
+            f"the wrapper at {url} refused the API key: {message}",
             "set --api-key or VLLM_AUTOSCALE_API_KEY (the VLLM_WRAPPER_API_KEY of the "
             "vllm-secrets Modal Secret)",
         )
-    if resp.status_code == 404:
+    if resp.status_code == 404 and message in ("Not Found", ""):
         raise CliError(f"{url}{path} does not exist", "is --url the wrapper's base URL?")
-    if resp.status_code >= 400:
-        raise CliError(f"{method} {path} answered {resp.status_code}: {resp.text[:300]}")
-    return resp.json()
+    raise CliError(f"{method} {path} answered {resp.status_code}: {message}")
 
 
 def _show_status(status: dict) -> str:
@@ -289,6 +317,174 @@ def _warmup(args: argparse.Namespace) -> int:
         )
     print(f"warm after {time.monotonic() - started:.0f} s")
     print(_show_status(status))
+    return 0
+
+
+def _console() -> Any:
+    """Rich's console on stdout; piped, wide enough that no table cell is cut."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _table(
+    title: str,
+    headers: Sequence[str],
+    rows: list[list[str]],
+    *,
+    text_columns: int,
+    totals: list[str] | None = None,
+    caption: str | None = None,
+) -> None:
+    """A rich table: the first ``text_columns`` columns left, the numbers right and whole."""
+    from rich.table import Table
+
+    table = Table(title=title, caption=caption)
+    for i, header in enumerate(headers):
+        number = i >= text_columns
+        table.add_column(header, justify="right" if number else "left", no_wrap=number)
+    for row in rows:
+        table.add_row(*row)
+    if totals is not None:
+        table.add_section()
+        table.add_row(*totals, style="bold")
+    _console().print(table)
+
+
+def _number(value: Any, places: int | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{places}f}" if places is not None else f"{value:,}"
+
+
+USAGE_COLUMNS = (
+    ("requests", "requests", None),
+    ("cache hits", "cache_hits", None),
+    ("prompt tok", "prompt_tokens", None),
+    ("completion tok", "completion_tokens", None),
+    ("cached tok", "cached_tokens", None),
+    ("GPU s", "gpu_seconds", 1),
+    ("cold starts", "cold_starts", None),
+    ("cost USD", "cost_usd", 4),
+)
+
+
+def _usage_numbers(counters: dict[str, Any]) -> list[str]:
+    return [_number(counters.get(field), places) for _, field, places in USAGE_COLUMNS]
+
+
+def _usage(args: argparse.Namespace) -> int:
+    import json
+
+    params = {"start": args.start, "end": args.end, "key": args.key}
+    answer = _call(args, "GET", "/v1/usage", params=params)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    title = (
+        f"usage of {answer.get('key') or 'every key'}, from {answer.get('start') or 'the start'} "
+        f"to {answer.get('end') or 'today'} (UTC)"
+    )
+    rows = [[r["date"], r["key"], r["model"], *_usage_numbers(r)] for r in answer["data"]]
+    _table(
+        title,
+        ["date", "key", "model", *(header for header, _, _ in USAGE_COLUMNS)],
+        rows,
+        text_columns=3,
+        totals=["total", "", "", *_usage_numbers(answer.get("totals", {}))],
+    )
+    return 0
+
+
+KEY_LIMITS = (
+    ("rpm", "rpm", None),
+    ("tpm", "tpm", None),
+    ("max streams", "max_streams", None),
+    ("budget USD/month", "monthly_budget_usd", 2),
+)
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The limits given on the command line; one left out takes the VLLM_DEFAULT_* one."""
+    given = {
+        "rpm": args.rpm,
+        "tpm": args.tpm,
+        "max_streams": args.max_streams,
+        "monthly_budget_usd": args.budget,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _describe_key(record: dict[str, Any]) -> str:
+    limits = (f"{header} {_number(record.get(f), p)}" for header, f, p in KEY_LIMITS)
+    return (
+        f"name {record.get('name')} | role {record.get('role')} | "
+        + " | ".join(limits)
+        + f" | source {record.get('source')}  (- = unlimited)"
+    )
+
+
+def _toml_entry(entry: dict[str, Any]) -> str:
+    import json
+
+    # JSON's strings and numbers are TOML's too (names and hashes are plain ASCII).
+    return "\n".join(["[[keys]]", *(f"{k} = {json.dumps(v)}" for k, v in entry.items())])
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    import json
+
+    from .gateway.keys import hash_key, new_key, parse_entries
+
+    token = new_key()
+    entry = {"name": args.name, "sha256": hash_key(token), "role": args.role, **_limits(args)}
+    try:
+        parse_entries([entry], "keys new")  # what the wrapper will read must load
+    except ValueError as exc:
+        raise CliError(str(exc).split(": ", 1)[-1]) from None
+    print(f"key (shown once): {token}\n")
+    print(_toml_entry(entry) if args.format == "toml" else json.dumps([entry], indent=2))
+    print(
+        f"\nadd the entry to a .{args.format} keys file (VLLM_API_KEYS_FILE)"
+        + (" or to the list in VLLM_API_KEYS" if args.format == "json" else "")
+        + "; it holds the key's sha256, never the key",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    import json
+
+    records = [
+        {k: v for k, v in r.items() if k not in ("key", "sha256")}
+        for r in _call(args, "GET", "/v1/keys")["data"]
+    ]
+    if args.json:
+        print(json.dumps({"object": "list", "data": records}, indent=2))
+        return 0
+    rows = [
+        [r["name"], r["role"], r["source"], *(_number(r.get(f), p) for _, f, p in KEY_LIMITS)]
+        for r in records
+    ]
+    headers = ["name", "role", "source", *(header for header, _, _ in KEY_LIMITS)]
+    _table("API keys", headers, rows, text_columns=3, caption="- = unlimited")
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    body = {"name": args.name, "role": args.role, **_limits(args)}
+    record = _call(args, "POST", "/v1/keys", body=body)
+    print(f"key (shown once): {record.pop('key')}")
+    print(_describe_key(record))
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    _call(args, "DELETE", f"/v1/keys/{quote(args.name, safe='')}")
+    print(f"revoked key {args.name!r} (other wrappers drop it within their key sync interval)")
     return 0
 
 
@@ -384,6 +580,86 @@ def _deploy(args: argparse.Namespace) -> int:
     return subprocess.call(command, cwd=app_file.parent.parent)
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0")
+    return value
+
+
+def _amount(text: str) -> float:
+    import math
+
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text} is not an amount >= 0")
+    return value
+
+
+def _day(text: str) -> str:
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date, YYYY-MM-DD") from None
+
+
+def _add_http_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--url", default=None, help="wrapper URL (default VLLM_AUTOSCALE_URL)")
+    cmd.add_argument("--api-key", default=None, help="default VLLM_AUTOSCALE_API_KEY")
+
+
+def _add_key_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("name", help="the key's name: 1-64 of A-Z a-z 0-9 _ . @ -")
+    cmd.add_argument("--role", choices=("user", "admin"), default="user")
+    for flag, unit in (("--rpm", "requests"), ("--tpm", "tokens")):
+        cmd.add_argument(flag, type=_count, help=f"{unit} per minute (default VLLM_DEFAULT_*)")
+    cmd.add_argument("--max-streams", type=_count, help="concurrent requests")
+    cmd.add_argument("--budget", type=_amount, help="monthly budget, USD")
+
+
+def _add_gateway_commands(sub: Any) -> None:
+    usage = sub.add_parser(
+        "usage",
+        help="requests, tokens, GPU seconds and cost per day, key and model",
+        description="Usage from the wrapper's ledger: a key sees its own, an admin key every "
+        "key's (or one, with --key). Days are UTC and inclusive.",
+    )
+    _add_http_args(usage)
+    usage.add_argument("--start", type=_day, default=None, help="first day, YYYY-MM-DD")
+    usage.add_argument("--end", type=_day, default=None, help="last day, YYYY-MM-DD")
+    usage.add_argument("--key", default=None, help="only this key's usage (admin keys)")
+    usage.add_argument("--json", action="store_true", help="the wrapper's JSON answer")
+    usage.set_defaults(func=_usage)
+
+    keys = sub.add_parser("keys", help="make API keys; list, create and revoke a wrapper's")
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    new = keys_sub.add_parser(
+        "new",
+        help="generate a key offline: print it once, and its entry for a keys file",
+        description="Generate a key on this machine (no wrapper involved). The key is printed "
+        "once; the entry for VLLM_API_KEYS_FILE (or VLLM_API_KEYS) holds only its sha256.",
+    )
+    _add_key_args(new)
+    new.add_argument("--format", choices=("toml", "json"), default="toml")
+    new.set_defaults(func=_keys_new)
+    for name, func, text in (
+        ("list", _keys_list, "every key of the wrapper: role, limits, source (admin key)"),
+        ("create", _keys_create, "create a key on the wrapper; it is printed once (admin key)"),
+        ("revoke", _keys_revoke, "revoke a key created on the wrapper (admin key)"),
+    ):
+        cmd = keys_sub.add_parser(name, help=text, description=text)
+        _add_http_args(cmd)
+        cmd.set_defaults(func=func)
+        if name == "list":
+            cmd.add_argument("--json", action="store_true")
+        elif name == "create":
+            _add_key_args(cmd)
+        else:
+            cmd.add_argument("name")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vllm-autoscale", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -434,8 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("warmup", _warmup, "wake the engine and show progress until it is warm"),
     ):
         cmd = sub.add_parser(name, help=text, description=text)
-        cmd.add_argument("--url", default=None, help="wrapper URL (default VLLM_AUTOSCALE_URL)")
-        cmd.add_argument("--api-key", default=None, help="default VLLM_AUTOSCALE_API_KEY")
+        _add_http_args(cmd)
         cmd.set_defaults(func=func)
         if name == "status":
             cmd.add_argument("--json", action="store_true")
@@ -455,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the settings, the engine's parsers and each container's image and files",
     )
     deploy.set_defaults(func=_deploy)
+    _add_gateway_commands(sub)
     return parser
 
 
