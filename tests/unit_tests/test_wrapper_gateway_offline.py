@@ -326,3 +326,66 @@ async def test_without_any_key_everyone_is_the_anonymous_admin() -> None:
         assert (await client.post(CHAT_URL, json={"messages": MESSAGES})).status_code == 200
         usage = (await client.get("/v1/usage")).json()
     assert [row["key"] for row in usage["data"]] == ["anonymous"]
+
+
+# -- several wrapper containers, one state store ----------------------------------------------
+
+
+def two_wrappers(**overrides: Any) -> tuple[FastAPI, FastAPI, FakeTransport]:
+    """Two wrapper apps (two containers) over one state store."""
+    from deploy.gateway.store import MemoryStore
+    from deploy.wrapper import create_app
+    from tests.unit_tests.wrapper_fake import make_settings
+
+    store, fake = MemoryStore(), FakeTransport()
+    settings = make_settings(api_keys=SecretStr(json.dumps(ENTRIES)), **overrides)
+    return create_app(fake, settings, store=store), create_app(fake, settings, store=store), fake
+
+
+async def sync(*apps: FastAPI) -> None:
+    for app in apps:
+        await app.state.gateway.sync()
+
+
+async def test_a_key_s_rate_limit_holds_across_wrapper_containers() -> None:
+    one, two, fake = two_wrappers()
+    assert (await chat(one, "alice")).status_code == 200
+    await sync(one, two)
+    assert (await chat(two, "alice")).status_code == 200
+    await sync(two, one)
+    assert_error(await chat(one, "alice"), 429, type_="rpm")
+    assert_error(await chat(two, "alice"), 429, type_="rpm")
+    assert len(fake.chat_bodies) == 2
+
+
+async def test_a_budget_spent_on_one_container_is_spent_on_all() -> None:
+    one, two, _ = two_wrappers()
+    assert (await chat(one, "dave")).status_code == 200
+    assert (await chat(two, "dave")).status_code == 200  # not synced yet: two cannot know
+    await sync(one, two)
+    assert_error(await chat(two, "dave"), 429, type_="monthly_budget_usd")
+
+
+async def test_a_key_created_on_one_container_opens_the_others_until_revoked() -> None:
+    one, two, _ = two_wrappers()
+    async with as_key(one, "default") as admin:
+        token = (await admin.post("/v1/keys", json={"name": "gus"})).json()["key"]
+    await sync(two)
+    async with as_key(two, None) as gus:
+        gus.headers["Authorization"] = f"Bearer {token}"
+        assert (await gus.get("/status")).status_code == 200
+        async with as_key(one, "default") as admin:
+            assert (await admin.delete("/v1/keys/gus")).status_code == 204
+        await sync(two)
+        assert_error(await gus.get("/status"), 401)
+
+
+async def test_usage_adds_up_every_container_s_rows() -> None:
+    one, two, _ = two_wrappers()
+    await chat(one, "bob")
+    await chat(two, "bob")
+    await chat(two, "bob")
+    await sync(one, two)
+    async with as_key(one, "bob") as client:
+        usage = (await client.get("/v1/usage")).json()
+    assert usage["totals"]["requests"] == 3 and len(usage["data"]) == 1
