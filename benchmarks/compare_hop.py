@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import ROOT, _wait, bench_hop
+from benchmarks.run import ENGINE_PATH_ENV, ROOT, _wait, bench_hop
 from deploy.engine import free_port
 
 ROUNDS = 5
@@ -46,7 +46,8 @@ def _serve(stack: ExitStack, tree: Path, *args: str) -> str:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.stub_upstream", "--port", str(port), *args],
-        cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},  # that tree's `deploy` first
+        # That tree's `deploy` first; the hop without the cache (every request alike).
+        cwd=tree, env={**os.environ, **ENGINE_PATH_ENV, "PYTHONPATH": str(tree)},
     )  # fmt: skip
     stack.callback(proc.wait, 10)
     stack.callback(proc.terminate)

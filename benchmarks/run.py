@@ -405,9 +405,18 @@ def _wait(url: str, timeout: float = 300) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+# These comparisons time the engine path: their identical temperature-0 requests would
+# otherwise be replayed from the response cache (benchmarks/gateway_hop.py times the cache),
+# and the ledger stays in memory.
+ENGINE_PATH_ENV = {"VLLM_CACHE_MAX_ENTRIES": "0", "VLLM_STATE_URL": "memory://"}
+
+
 @contextmanager
 def _process(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, start_new_session=True,
+        env={**os.environ, **ENGINE_PATH_ENV},
+    )  # fmt: skip
     try:
         yield proc
     finally:

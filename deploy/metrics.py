@@ -50,7 +50,7 @@ class Metrics:
             "vllm_autoscale_key_tokens", "Engine tokens by key name and direction",
             ["key", "direction"], registry=r,
         )  # fmt: skip
-        self._key_children: dict[tuple[str, str], Any] = {}
+        self._key_children: dict[tuple[str, str, str], Any] = {}
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         # Label children are looked up once per (route, status): this runs on every request.
@@ -73,14 +73,18 @@ class Metrics:
             self.tokens.labels("in").inc(prompt)
             self.tokens.labels("out").inc(completion)
             if key is not None:
-                self.key_tokens.labels(key, "in").inc(prompt)
-                self.key_tokens.labels(key, "out").inc(completion)
+                self._key_child(self.key_tokens, key, "in").inc(prompt)
+                self._key_child(self.key_tokens, key, "out").inc(completion)
 
     def count_key(self, key: str, outcome: str) -> None:
-        child = self._key_children.get((key, outcome))
+        self._key_child(self.key_requests, key, outcome).inc()
+
+    def _key_child(self, metric: Any, key: str, label: str) -> Any:
+        # A labelled child is looked up once per (metric, key, label): this runs per request.
+        child = self._key_children.get((metric._name, key, label))
         if child is None:
-            child = self._key_children[(key, outcome)] = self.key_requests.labels(key, outcome)
-        child.inc()
+            child = self._key_children[(metric._name, key, label)] = metric.labels(key, label)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

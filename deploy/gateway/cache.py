@@ -88,8 +88,8 @@ class ResponseCache:
         size = len(raw) + len(key)
         if size > self._entries.maxsize:
             return
-        while len(self._entries) >= self.max_entries:
-            self._entries.popitem()  # the least recently used
+        while key not in self._entries and len(self._entries) >= self.max_entries:
+            self._entries.popitem()  # the least recently used (none when replacing an entry)
         self._entries[key] = (raw, size)
 
     def __len__(self) -> int:

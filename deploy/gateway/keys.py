@@ -95,7 +95,9 @@ def parse_entries(entries: Iterable[Any], source: str) -> list[KeyRecord]:
         limits: dict[str, Any] = {}
         for name_ in _LIMIT_FIELDS:
             value = entry.get(name_)
-            if value is not None and (isinstance(value, bool) or not value >= 0):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
+            ):
                 raise ValueError(f"{where} ({name}): {name_} must be a number >= 0")
             limits[name_] = value
         unknown = set(entry) - {"name", "key", "sha256", "role", "source", *_LIMIT_FIELDS}
@@ -121,7 +123,7 @@ def load_file(path: Path) -> list[KeyRecord]:
 
 class KeyRing:
     """The keys a wrapper knows: configured ones, plus those the store holds (refreshed by
-    the gateway's sync). ``find`` compares against every key in constant time."""
+    the gateway's sync)."""
 
     def __init__(self, configured: list[KeyRecord], defaults: dict[str, Any]) -> None:
         names = [k.name for k in configured]
@@ -131,7 +133,11 @@ class KeyRing:
         self.defaults = {k: v for k, v in defaults.items() if k in _LIMIT_FIELDS}
         self._configured = [self._with_defaults(k) for k in configured]
         self._stored: list[KeyRecord] = []
-        self._all = self._configured
+        self._index(self._configured)
+
+    def _index(self, records: list[KeyRecord]) -> None:
+        self._all = records
+        self._by_digest = {r.sha256: r for r in records}
 
     def _with_defaults(self, record: KeyRecord) -> KeyRecord:
         filled = {k: v for k, v in self.defaults.items() if getattr(record, k) is None}
@@ -147,12 +153,13 @@ class KeyRing:
         return self._with_defaults(ANONYMOUS)
 
     def find(self, token: str) -> KeyRecord | None:
-        digest = hash_key(token).encode()
-        found = None
-        for record in self._all:  # no early exit: the time does not depend on which matched
-            if hmac.compare_digest(digest, record.sha256.encode()):
-                found = record
-        return found
+        # Looked up by the token's SHA-256: what a timing difference could tell is about
+        # the hash, which gives nobody the key; the match itself is compared in constant time.
+        digest = hash_key(token)
+        record = self._by_digest.get(digest)
+        if record is not None and hmac.compare_digest(digest, record.sha256):
+            return record
+        return None
 
     def get(self, name: str) -> KeyRecord | None:
         return next((k for k in self._all if k.name == name), None)
@@ -163,7 +170,7 @@ class KeyRing:
     def set_stored(self, records: list[KeyRecord]) -> None:
         configured = {k.name for k in self._configured}
         self._stored = [self._with_defaults(r) for r in records if r.name not in configured]
-        self._all = self._configured + self._stored
+        self._index(self._configured + self._stored)
 
     def add_stored(self, record: KeyRecord) -> None:
         self.set_stored([*(r for r in self._stored if r.name != record.name), record])

@@ -82,6 +82,8 @@ class Ledger:
         self._rows: dict[tuple[str, str, str], UsageRow] = {}
         self._dirty: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()  # record() runs on the loop, flush() in a thread
+        self._today = ("", 0.0, 0.0)  # (date, its start, its end)
+        self._spend: dict[tuple[str, str], float] = {}  # (month, key): this writer's cost
         self._peer_spend: dict[str, float] = {}
         self._peer_month = ""
 
@@ -100,7 +102,7 @@ class Ledger:
         usage = usage or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
-        day = _utc(self.clock()).strftime("%Y-%m-%d")
+        day = self._day()
         ident = (day, key, model)
         with self._lock:
             row = self._rows.get(ident)
@@ -116,30 +118,31 @@ class Ledger:
                 row.gpu_seconds += gpu_seconds
                 row.cold_starts += int(cold_start)
                 row.cost_usd += cost_usd
+                spent = (day[:7], key)
+                self._spend[spent] = self._spend.get(spent, 0.0) + cost_usd
             self._dirty.add(ident)
 
     # -- budgets --------------------------------------------------------------------------------
 
+    def _day(self) -> str:
+        """Today (UTC), formatted once a day rather than once a request."""
+        now = self.clock()
+        if not self._today[1] <= now < self._today[2]:
+            start = _utc(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+            self._today = (_utc(now).strftime("%Y-%m-%d"), start, start + 86400)
+        return self._today[0]
+
     def _month(self) -> str:
-        return _utc(self.clock()).strftime("%Y-%m")
+        return self._day()[:7]
 
     def _own_spend(self, month: str) -> dict[str, float]:
-        spend: dict[str, float] = {}
-        with self._lock:
-            for (day, key, _), row in self._rows.items():
-                if day.startswith(month):
-                    spend[key] = spend.get(key, 0.0) + row.cost_usd
-        return spend
+        return {key: usd for (m, key), usd in list(self._spend.items()) if m == month}
 
     def month_spend(self, key: str) -> float:
         """The key's cost this UTC month, every writer's (others' as of the last refresh)."""
         month = self._month()
-        own = sum(
-            row.cost_usd for (day, k, _), row in list(self._rows.items())
-            if k == key and day.startswith(month)
-        )  # fmt: skip
         peers = self._peer_spend.get(key, 0.0) if self._peer_month == month else 0.0
-        return own + peers
+        return self._spend.get((month, key), 0.0) + peers
 
     # -- the store (blocking: called from a worker thread) -------------------------------------
 
@@ -158,7 +161,8 @@ class Ledger:
             self.store.put_many("ledger", docs)
             month = self._month()
             self.store.put_many(
-                "spend", {f"{month}|{self.writer}": {"at": self.clock(), **self._own_spend(month)}}
+                "spend",
+                {f"{month}|{self.writer}": {"at": self.clock(), "keys": self._own_spend(month)}},
             )
         except BaseException:
             with self._lock:  # written next time
@@ -172,9 +176,9 @@ class Ledger:
         for name, doc in self.store.items("spend", f"{month}|"):
             if name == f"{month}|{self.writer}":
                 continue
-            for key, usd in doc.items():
-                if key != "at":
-                    spend[key] = spend.get(key, 0.0) + float(usd)
+            # Per key under "keys": a key may be named "at" too.
+            for key, usd in (doc.get("keys") or {}).items():
+                spend[key] = spend.get(key, 0.0) + float(usd)
         self._peer_spend, self._peer_month = spend, month
 
     def query(
