@@ -169,7 +169,9 @@ def markdown(r: dict[str, Any]) -> str:
         "| --- | --- | --- |",
     ]
     for key, row in r["targets"].items():
-        lines.append(f"| {key} {row['target']} | {row['value']} | {'yes' if row['met'] else 'no'} |")
+        lines.append(
+            f"| {key} {row['target']} | {row['value']} | {'yes' if row['met'] else 'no'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -128,7 +128,8 @@ class RateLimits:
         """Take ``requests`` and ``tokens`` from the key's minute (and a stream slot), or
         raise ``LimitExceeded`` having taken nothing."""
         if stream and key.max_streams is not None:
-            if self.streams[key.name] + self.peer_streams.get(key.name, 0) >= key.max_streams:
+            open_now = self.streams[key.name] + self.peer_streams.get(key.name, 0)
+            if open_now >= key.max_streams:
                 raise LimitExceeded(key.name, "max_streams", key.max_streams, 1)
         ticket = Ticket(self, key, stream=stream)
         if key.rpm is not None:
