@@ -442,10 +442,12 @@ def _keys_new(args: argparse.Namespace) -> int:
         parse_entries([entry], "keys new")  # what the wrapper will read must load
     except ValueError as exc:
         raise CliError(str(exc).split(": ", 1)[-1]) from None
-    print(f"key (shown once): {token}\n")
+    # The key on stderr, the entry alone on stdout: `keys new NAME >> keys.toml` appends an
+    # entry that loads, and the key is still shown once.
+    print(f"key (shown once): {token}", file=sys.stderr)
     print(_toml_entry(entry) if args.format == "toml" else json.dumps([entry], indent=2))
     print(
-        f"\nadd the entry to a .{args.format} keys file (VLLM_API_KEYS_FILE)"
+        f"add the entry to a .{args.format} keys file (VLLM_API_KEYS_FILE)"
         + (" or to the list in VLLM_API_KEYS" if args.format == "json" else "")
         + "; it holds the key's sha256, never the key",
         file=sys.stderr,

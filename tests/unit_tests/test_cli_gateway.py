@@ -147,12 +147,13 @@ def test_bad_date_is_refused_before_any_request(wrapper, capsys) -> None:
 
 
 def new_key_output(capsys, *argv: str) -> tuple[str, str]:
-    """``keys new``'s key and the entry printed after it."""
+    """``keys new``'s key (on stderr) and the entry (alone on stdout, so that
+    ``keys new NAME >> keys.toml`` appends a loadable entry)."""
     assert cli.main(["keys", "new", *argv]) == 0
-    out = capsys.readouterr().out
-    first, entry = out.split("\n\n", 1)
+    captured = capsys.readouterr()
+    first = captured.err.splitlines()[0]
     assert first.startswith("key (shown once): vak-")
-    return first.removeprefix("key (shown once): "), entry
+    return first.removeprefix("key (shown once): "), captured.out
 
 
 @pytest.mark.parametrize("fmt", ["toml", "json"])
