@@ -24,6 +24,7 @@ from .protocol import Limits
 if TYPE_CHECKING:  # the engine (aiohttp, subprocess) is imported only where it runs
     from .engine import EngineConfig
     from .model_info import ModelInfo
+    from .warm_schedule import WarmSchedule
 
 __all__ = [
     "BAKED_SETTINGS_ENV",
@@ -149,6 +150,10 @@ class Settings(BaseSettings):
     first saturates."""
     startup_timeout: int = Field(default=20 * MINUTES, ge=60)
     """Time a GPU container may take to start; the first start downloads the weights."""
+    warm_schedule: str | None = None
+    """Windows in which one GPU container stays warm, scaled to zero outside them:
+    ``CRON LENGTH [ZONE]`` separated by ``;``, e.g. "0 9 * * mon-fri 9h Europe/Paris"
+    (deploy/warm_schedule.py)."""
     gpu_snapshot: bool = False
     """Use Modal's GPU memory snapshots to cut cold starts (experimental on Modal)."""
     drain_grace: float = Field(default=20.0, ge=0, le=600)
@@ -322,6 +327,13 @@ class Settings(BaseSettings):
                 f"VLLM_TARGET_INPUTS={self.target_inputs} exceeds VLLM_MAX_NUM_SEQS="
                 f"{self.max_num_seqs}: a container cannot aim for more than it can hold"
             )
+        if self.warm_schedule:
+            from .warm_schedule import WarmSchedule  # croniter: only where a schedule is set
+
+            try:
+                WarmSchedule.parse(self.warm_schedule)
+            except ValueError as exc:
+                raise ValueError(f"VLLM_WARM_SCHEDULE: {exc}") from None
         if self.tensor_parallel_size and self.tensor_parallel_size != self.gpu_count:
             raise ValueError(
                 f"VLLM_TENSOR_PARALLEL_SIZE={self.tensor_parallel_size} does not match the "
@@ -329,6 +341,13 @@ class Settings(BaseSettings):
                 "over exactly that many GPUs"
             )
         return self
+
+    @cached_property
+    def schedule(self) -> WarmSchedule:
+        """The parsed ``warm_schedule`` (empty: no windows)."""
+        from .warm_schedule import WarmSchedule
+
+        return WarmSchedule.parse(self.warm_schedule)
 
     def model_info(self) -> ModelInfo:
         """The model the GPU class serves, as ``gpu_engine_config`` will run it: what the

@@ -50,6 +50,7 @@ SERVER_PACKAGES = [
     "pydantic-settings>=2.3",
     "fastapi>=0.115",
     "prometheus-client>=0.20",
+    "croniter>=6",  # warm schedules (deploy/warm_schedule.py): both sides read the settings
 ]
 
 # The GPU image is the vLLM project's own release image, not pip-installed vLLM on

@@ -135,8 +135,9 @@ class RateLimits:
         if key.rpm is not None:
             self._take("rpm", key, int(key.rpm), requests)
         if key.tpm is not None:
-            # A reservation larger than the whole limit could never pass: it takes the limit.
-            cost = min(tokens, int(key.tpm))
+            # A reservation larger than the whole limit could never pass: it takes the limit
+            # (at least one token, so that a limit of 0 refuses, as the other limits do).
+            cost = min(tokens, max(int(key.tpm), 1))
             try:
                 self._take("tpm", key, int(key.tpm), cost)
             except LimitExceeded:
