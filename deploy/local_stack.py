@@ -56,6 +56,7 @@ class LocalStack:
             scaledown_window=window or None,
             max_queue=self.settings.max_queue,
             queue_timeout=self.settings.queue_timeout,
+            schedule=self.settings.schedule,
         )
         self.app: FastAPI = create_app(self.transport, self.settings)
         self.warm = warm
@@ -91,6 +92,7 @@ class LocalStack:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"the wrapper did not start on {self.url}")
             time.sleep(0.02)
+        self.loop.call_soon_threadsafe(self.transport.start_schedule)  # no-op without one
         if self.warm:
             self.wait_warm()
         return self

@@ -210,8 +210,30 @@ def wrapper():
 
     transport = ModalTransport(
         gpu_class, model_name=settings.model, scaledown_window=settings.scaledown_window,
-        stats=stats, max_containers=settings.max_containers,
+        stats=stats, max_containers=settings.max_containers, schedule=settings.schedule,
     )  # fmt: skip
     container_settings = Settings.load()
     store = open_store(container_settings.state_url or STATE_URL)
     return create_app(transport, container_settings, store=store)
+
+
+# Warm windows (VLLM_WARM_SCHEDULE): every few minutes, set the GPU class's min_containers to
+# what the schedule says, starting a boot's worth ahead of a window so the GPU is warm when it
+# opens. Outside the windows it goes back to the deployed value, and the class's scaledown
+# window releases the GPU once idle. A redeploy resets the autoscaler; the next run restores it.
+SCHEDULE_PERIOD_MINUTES = 5
+if settings.warm_schedule:
+
+    @app.function(
+        image=wrapper_image,
+        schedule=modal.Period(minutes=SCHEDULE_PERIOD_MINUTES),
+        timeout=2 * MINUTES,
+    )
+    async def apply_warm_schedule() -> int:
+        import time
+
+        base = 1 if settings.mode == "integrated" else 0
+        lead = SCHEDULE_PERIOD_MINUTES * 60 + 180  # the next run may come that late; a boot
+        target = settings.schedule.min_containers(time.time(), base=base, lead=lead)
+        await VLLMInference().update_autoscaler.aio(min_containers=target)
+        return target

@@ -13,12 +13,15 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .contract import BatchResults, EngineState, EngineStatus, Facts, Reply
 from .engine import EngineConfig, VLLMEngine
 from .errors import EngineError, EngineStartError, EngineUnavailable, Overloaded
+
+if TYPE_CHECKING:
+    from .warm_schedule import WarmSchedule
 
 __all__ = ["LocalTransport"]
 
@@ -40,8 +43,16 @@ class LocalTransport:
         scaledown_window: float | None = 120.0,
         max_queue: int = 256,
         queue_timeout: float = 600.0,
+        schedule: WarmSchedule | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = VLLMEngine(config)
+        self.schedule = schedule if schedule else None
+        """Warm windows: the engine is started when one opens and not stopped inside one."""
+        self.clock = clock
+        """The schedule's clock (Unix time); tests pass one they control."""
+        self._window_open = False
+        self._schedule_task: asyncio.Task[None] | None = None
         self.model_name = config.served_model_name
         self.scaledown_window = scaledown_window
         """Idle seconds before the engine stops; None keeps it up until shutdown."""
@@ -171,6 +182,43 @@ class LocalTransport:
         if not self.engine.is_running():
             self.state = "cold"
 
+    # -- warm schedule -------------------------------------------------------------------------
+
+    async def apply_schedule(self) -> bool:
+        """Follow the schedule at ``clock()``: start the engine when a window is open; when it
+        closes, the idle countdown starts then (or at the last request, if later). Returns
+        whether a window is open. The schedule loop calls it at every change."""
+        if self.schedule is None:
+            return False
+        was_open, self._window_open = self._window_open, self.schedule.is_open(self.clock())
+        if self._window_open:
+            self._refresh_state()
+            backing_off = self.state == "failed" and (self.next_start_at or 0) > time.time()
+            if self.state in ("cold", "failed") and not backing_off:
+                self._begin_start()
+        elif was_open:
+            self._last_activity = max(self._last_activity, time.monotonic())
+            self._ensure_idle_watch()
+        return self._window_open
+
+    def start_schedule(self) -> None:
+        """Run ``apply_schedule`` at each window change (checked at least every minute)."""
+        if self.schedule is not None and (
+            self._schedule_task is None or self._schedule_task.done()
+        ):
+            self._schedule_task = asyncio.create_task(self._schedule_loop())
+
+    async def _schedule_loop(self) -> None:
+        assert self.schedule is not None
+        while True:
+            try:
+                await self.apply_schedule()
+            except Exception:  # a failed start is the engine's to report; keep following
+                log.exception("applying the warm schedule failed")
+            change = self.schedule.next_change(self.clock())
+            wait = 60.0 if change is None else change - self.clock()
+            await asyncio.sleep(min(60.0, max(1.0, wait)))
+
     def _ensure_idle_watch(self) -> None:
         if self.scaledown_window is None:
             return
@@ -183,6 +231,8 @@ class LocalTransport:
         while True:
             await asyncio.sleep(tick)
             idle = time.monotonic() - self._last_activity
+            if self._window_open:  # a warm window holds the engine
+                continue
             if self.state == "warm" and self._in_flight == 0 and idle >= self.scaledown_window:
                 await self.scale_down()
                 return
@@ -244,6 +294,11 @@ class LocalTransport:
                 "failed_starts": self.failed_starts,
                 "engine_pid": self.engine.pid if self.engine.is_running() else None,
                 "engine_url": self.engine.base_url,
+                **(
+                    {"warm_schedule": self.schedule.describe(self.clock())}
+                    if self.schedule is not None
+                    else {}
+                ),
             },
         )
 
@@ -256,6 +311,7 @@ class LocalTransport:
         return await self.status()
 
     async def aclose(self) -> None:
-        if self._idle_task is not None:
-            self._idle_task.cancel()
+        for task in (self._idle_task, self._schedule_task):
+            if task is not None:
+                task.cancel()
         await self.scale_down()

@@ -34,8 +34,12 @@ class ModalTransport:
         scaledown_window: float,
         stats: Any = None,
         max_containers: int | None = None,
+        schedule: Any = None,
     ) -> None:
         self._cls = inference_cls
+        self.schedule = schedule or None
+        """The warm schedule (``WarmSchedule``), reported on ``/status``; Modal applies it
+        through the app's scheduled function."""
         self._obj: Any = None
         self.model_name = model_name
         self.scaledown_window = scaledown_window
@@ -140,6 +144,11 @@ class ModalTransport:
                 "gpu_containers_max": self.max_containers,
                 "gpu_backlog": stats["backlog"] if stats else None,
                 "gpu_running_inputs": stats["running_inputs"] if stats else None,
+                **(
+                    {"warm_schedule": self.schedule.describe(time.time())}
+                    if self.schedule is not None
+                    else {}
+                ),
             },
         )
 

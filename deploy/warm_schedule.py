@@ -131,6 +131,13 @@ class WarmSchedule:
             at = change if change > at else at + 60
         return total
 
+    def min_containers(self, ts: float, base: int = 0, lead: float = 0.0) -> int:
+        """GPU containers to keep warm at ``ts``: one inside a window, and ``lead`` seconds
+        before one opens (a boot's worth, so the GPU is warm when the window starts)."""
+        if self.is_open(ts) or (lead > 0 and self.is_open(ts + lead)):
+            return max(base, 1)
+        return base
+
     def describe(self, ts: float) -> dict[str, object]:
         """What ``/status`` shows."""
         change = self.next_change(ts)

