@@ -43,7 +43,13 @@ CHAT_TEMPLATES = Path(__file__).parent / "chat_templates"
 BAKED_SETTINGS_ENV = "AUTOSCALE_SETTINGS_JSON"
 """The deploy-time settings, as one JSON value in each Modal image's environment. Not a
 ``VLLM_*`` name: vLLM warns about every ``VLLM_*`` variable it does not know."""
-SECRET_ENV = ("VLLM_WRAPPER_API_KEY", "VLLM_API_KEYS", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+SECRET_ENV = (
+    "VLLM_WRAPPER_API_KEY",
+    "VLLM_API_KEYS",
+    "VLLM_COLD_FALLBACK_API_KEY",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+)
 """Secrets the containers get from the ``vllm-secrets`` Modal Secret: never baked into an
 image, never handed to the vLLM process."""
 SERVICE_NAME = "VLLM Auto-Scale Service"
@@ -154,6 +160,18 @@ class Settings(BaseSettings):
     """Windows in which one GPU container stays warm, scaled to zero outside them:
     ``CRON LENGTH [ZONE]`` separated by ``;``, e.g. "0 9 * * mon-fri 9h Europe/Paris"
     (deploy/warm_schedule.py)."""
+    cold_fallback_url: str | None = None
+    """An OpenAI-compatible endpoint (its ``/v1`` root) that serves requests arriving while
+    the engine is cold or starting; the engine is woken meanwhile (deploy/fallback.py)."""
+    cold_fallback_api_key: SecretStr | None = None
+    """The fallback's bearer key (a secret: the Modal Secret or the environment)."""
+    cold_fallback_model: str | None = None
+    """The model name sent to the fallback (None: the request's own)."""
+    cold_fallback_policy: Literal["always", "header", "after"] = "always"
+    """Which cold-time requests go to the fallback: all; those with
+    ``X-Allow-Fallback: true``; or those still waiting after ``cold_fallback_after``."""
+    cold_fallback_after: float = Field(default=10.0, ge=0, le=600)
+    """Seconds a request waits for the engine before the ``after`` policy falls back."""
     gpu_snapshot: bool = False
     """Use Modal's GPU memory snapshots to cut cold starts (experimental on Modal)."""
     drain_grace: float = Field(default=20.0, ge=0, le=600)
@@ -241,9 +259,8 @@ class Settings(BaseSettings):
     def baked_env(self) -> dict[str, str]:
         """The image environment that makes ``load()`` in a container return these settings
         (secrets excluded: they come from the Modal Secret at run time)."""
-        data = self.model_dump(
-            mode="json", exclude={"wrapper_api_key", "api_keys"}, exclude_none=True
-        )
+        secrets = {"wrapper_api_key", "api_keys", "cold_fallback_api_key"}
+        data = self.model_dump(mode="json", exclude=secrets, exclude_none=True)
         return {BAKED_SETTINGS_ENV: json.dumps(data, sort_keys=True)}
 
     @classmethod

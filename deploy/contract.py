@@ -109,4 +109,9 @@ class EngineTransport(Protocol):
         """Begin starting the engine and return at once."""
         ...
 
+    def state_hint(self) -> EngineState:
+        """The engine's state as this wrapper last saw it: no I/O, cheap enough to ask on
+        every request (the cold fallback does)."""
+        ...
+
     async def aclose(self) -> None: ...

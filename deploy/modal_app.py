@@ -94,7 +94,11 @@ gpu_image = (
 # fetched from the Hub, on the first count; HF_TOKEN comes from vllm-secrets (Llama is gated).
 TOKENIZER_PACKAGES = ["transformers>=5.16.1,<5.20", "jinja2>=3.1"]
 # The gateway's rate-limit counters and response cache (deploy/gateway/).
-GATEWAY_PACKAGES = ["limits>=5.6,<6", "cachetools>=5.5"]
+GATEWAY_PACKAGES = [
+    "limits>=5.6,<6",
+    "cachetools>=5.5",
+    "httpx>=0.27,<1",
+]  # httpx: the cold fallback
 # The gateway's shared state on Modal: one Modal Dict per table, named from this. Every
 # wrapper container reads and writes them, and they outlive every container and deploy.
 STATE_URL = f"modal-dict://{APP_NAME}-gateway"

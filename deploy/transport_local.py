@@ -302,6 +302,10 @@ class LocalTransport:
             },
         )
 
+    def state_hint(self) -> EngineState:
+        self._refresh_state()
+        return self.state
+
     async def warmup(self) -> EngineStatus:
         self._refresh_state()
         backing_off = self.state == "failed" and (self.next_start_at or 0) > time.time()

@@ -123,14 +123,13 @@ class ModalTransport:
     async def status(self) -> EngineStatus:
         stats = await self._current_stats()
         containers = stats["containers"] if stats else None
-        idle = time.monotonic() - self._last_done
         state: EngineState
         if containers is not None:
             state = "warm" if containers > 0 else ("starting" if self._in_flight else "cold")
         elif self._in_flight:
             state = "warm"
-        else:  # without stats: warm until a scaledown window has passed since the last call
-            state = "warm" if self._last_done and idle < self.scaledown_window else "cold"
+        else:
+            state = self.state_hint()
         return EngineStatus(
             state=state,
             queue_depth=self._in_flight if state == "starting" else 0,
@@ -151,6 +150,15 @@ class ModalTransport:
                 ),
             },
         )
+
+    def state_hint(self) -> EngineState:
+        """From this wrapper's own calls, no Modal call: warm until a scaledown window has
+        passed since the last one finished; starting while calls wait and none has finished
+        in that window (a cold start)."""
+        recent = self._last_done and time.monotonic() - self._last_done < self.scaledown_window
+        if recent:
+            return "warm"
+        return "starting" if self._in_flight else "cold"
 
     async def warmup(self) -> EngineStatus:
         # Spawn returns at once; the call itself boots a container if none is up.

@@ -17,6 +17,7 @@ from pydantic.json_schema import models_json_schema
 
 from ..config import SERVICE_NAME, SERVICE_VERSION, Settings
 from ..contract import EngineTransport
+from ..fallback import ColdRouter, FallbackTransport
 from ..gateway import Gateway
 from ..gateway.store import StateStore
 from ..metrics import Metrics
@@ -45,14 +46,27 @@ def create_app(
     settings: Settings | None = None,
     model_info: ModelInfo | None = None,
     store: StateStore | None = None,
+    fallback: EngineTransport | None = None,
 ) -> FastAPI:
     """The wrapper app over ``transport``; ``settings`` default to the environment's.
     ``model_info`` (what ``/v1/models`` reports, what ``/tokenize`` counts with) defaults to
     what the transport's engine configuration or the settings say: never the engine itself.
-    ``store`` holds the gateway's shared state (default: ``VLLM_STATE_URL``'s)."""
+    ``store`` holds the gateway's shared state (default: ``VLLM_STATE_URL``'s); ``fallback``
+    serves while the engine is cold (default: ``VLLM_COLD_FALLBACK_URL``'s, if set)."""
     settings = settings or Settings.load()
     models = request_models(settings.limits)
     gateway = Gateway(settings, store)
+    if fallback is None and settings.cold_fallback_url:
+        key = settings.cold_fallback_api_key
+        fallback = FallbackTransport(
+            settings.cold_fallback_url, key.get_secret_value() if key else None,
+            settings.cold_fallback_model,
+        )  # fmt: skip
+    cold = (
+        ColdRouter(transport, fallback, settings.cold_fallback_policy,
+                   settings.cold_fallback_after)
+        if fallback is not None else None
+    )  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +75,8 @@ def create_app(
         await app.state.service.drain(settings.drain_grace)
         await gateway.aclose()  # the ledger's last rows
         await transport.aclose()
+        if fallback is not None:
+            await fallback.aclose()
 
     # With keys, the docs need one too (unless VLLM_PUBLIC_DOCS): routes_docs serves them.
     public_docs = settings.public_docs or gateway.keys.open
@@ -73,7 +89,7 @@ def create_app(
     app.state.transport = transport
     app.state.metrics = metrics
     app.state.gateway = gateway
-    app.state.service = InferenceService(transport, settings, metrics, gateway)
+    app.state.service = InferenceService(transport, settings, metrics, gateway, cold)
     app.state.model_info = model_info or describe_served_model(transport, settings)
     app.state.token_counter = TokenCounter(app.state.model_info)  # loads on first use
 

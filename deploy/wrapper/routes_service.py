@@ -25,7 +25,12 @@ async def _status(service: InferenceService) -> dict[str, Any]:
     st = await service.transport.status()
     service.metrics.queue_depth.set(st.queue_depth)
     service.metrics.cold_starts.set(st.cold_starts)
-    return {"model": service.model_name, **st.to_dict()}
+    out = {"model": service.model_name, **st.to_dict()}
+    if service.cold is not None:
+        cold = service.cold
+        out["cold_fallback"] = {"policy": cold.policy, "model": cold.fallback.model_name,
+                                "served": cold.served}  # fmt: skip
+    return out
 
 
 @router.get("/status")
@@ -36,7 +41,12 @@ async def status(service: Service) -> dict[str, Any]:
 @router.post("/warmup", status_code=HTTPStatus.ACCEPTED)
 async def warmup(service: Service) -> dict[str, Any]:
     st = await service.transport.warmup()
-    return {"model": service.model_name, **st.to_dict()}
+    out = {"model": service.model_name, **st.to_dict()}
+    if service.cold is not None:
+        cold = service.cold
+        out["cold_fallback"] = {"policy": cold.policy, "model": cold.fallback.model_name,
+                                "served": cold.served}  # fmt: skip
+    return out
 
 
 @router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_admin)])

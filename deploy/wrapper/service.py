@@ -25,6 +25,7 @@ from ..config import Settings
 from ..contract import BatchResults, EngineTransport, Facts, Reply
 from ..cost import request_cost
 from ..errors import EngineError, EngineUnavailable
+from ..fallback import ColdRouter
 from ..gateway import Gateway, KeyRecord
 from ..gateway.cache import CacheLookup, StreamRecorder, replay_chunks
 from ..gateway.limiter import Ticket
@@ -45,10 +46,15 @@ class InferenceService:
     """One per app: the transport, the settings and the metrics the inference routes share."""
 
     def __init__(
-        self, transport: EngineTransport, settings: Settings, metrics: Metrics, gateway: Gateway
+        self,
+        transport: EngineTransport,
+        settings: Settings,
+        metrics: Metrics,
+        gateway: Gateway,
+        cold: ColdRouter | None = None,
     ) -> None:
         self.transport, self.settings, self.metrics = transport, settings, metrics
-        self.gateway = gateway
+        self.gateway, self.cold = gateway, cold
         self.model_name = transport.model_name
         self.draining = False
         self._in_flight = 0
@@ -116,18 +122,26 @@ class InferenceService:
     # -- what each answer carries ---------------------------------------------------------------
 
     def meta(
-        self, request: Request, facts: Facts, started: float, cache: str = "bypass"
+        self,
+        request: Request,
+        facts: Facts,
+        started: float,
+        cache: str = "bypass",
+        served_by: str = "engine",
     ) -> dict[str, Any]:
         engine_s = time.perf_counter() - started - facts.queue_wait_s
+        # At the configured GPU price: what this request would cost on the GPU tier (the
+        # fallback's own price is not known here).
+        gpu_s = engine_s if served_by == "engine" else 0.0
         return {
             "cache": cache,
+            "served_by": served_by,
             "request_id": request.state.request_id,
             "cold_start": facts.cold_start,
             "queue_wait_ms": round(facts.queue_wait_s * 1000, 1),
             "engine_ms": round(engine_s * 1000, 1),
-            # At the configured GPU price: what this request would cost on the GPU tier.
             "cost": request_cost(
-                engine_s,
+                gpu_s,
                 facts.queue_wait_s if facts.cold_start else 0.0,
                 self.settings.gpu_price_per_hour,
                 self.settings.gpu_count,
@@ -141,20 +155,30 @@ class InferenceService:
             "x-queue-wait-ms": str(meta["queue_wait_ms"]),
             "x-engine-ms": str(meta["engine_ms"]),
             "x-cache": meta["cache"],
+            "x-served-by": meta["served_by"],
         }
 
     @staticmethod
     def hit_meta(request: Request) -> dict[str, Any]:
         """A cache hit's metadata: no engine, no GPU time, no cost."""
-        return {"cache": "hit", "request_id": request.state.request_id, "cold_start": False,
+        return {"cache": "hit", "served_by": "cache", "request_id": request.state.request_id,
+                "cold_start": False,
                 "queue_wait_ms": 0.0, "engine_ms": 0.0,
                 "cost": {"gpu_seconds": 0.0, "usd": 0.0, "cold_start_usd": 0.0}}  # fmt: skip
 
     def _lookup(self, request: Request, caller: KeyRecord, body: dict[str, Any]) -> CacheLookup:
         return self.gateway.lookup(caller, body, request.headers.get("cache-control", ""))
 
-    def _served(self, caller: KeyRecord, usage: dict | None, meta: dict[str, Any]) -> None:
-        self.gateway.record(caller, self.model_name, usage, meta)
+    async def _pick(self, request: Request) -> EngineTransport:
+        """The engine, or the cold fallback while the engine is cold (by its policy)."""
+        if self.cold is None:
+            return self.transport
+        return await self.cold.pick(request.headers)
+
+    def _served(
+        self, caller: KeyRecord, usage: dict | None, meta: dict[str, Any], model: str | None = None
+    ) -> None:
+        self.gateway.record(caller, model or self.model_name, usage, meta)
         self.metrics.count_usage(usage, caller.name)
         self.metrics.count_key(caller.name, "served")
 
@@ -178,17 +202,20 @@ class InferenceService:
         started = time.perf_counter()
         try:
             with self._tracked():
-                reply = await cancel_on_disconnect(request, self.transport.chat(body))
+                transport = await self._pick(request)
+                reply = await cancel_on_disconnect(request, transport.chat(body))
         except BaseException:
             ticket.settle(None)
             raise
         usage = reply.body.get("usage")
         ticket.settle(_tokens(usage))
-        meta = self.meta(request, reply.facts or Facts(), started,
-                         "miss" if lookup.store else "bypass")  # fmt: skip
-        self._served(caller, usage, meta)
-        if lookup.store and self.gateway.cache is not None and lookup.key is not None:
-            self.gateway.cache.put(lookup.key, reply.body)
+        served_by = "engine" if transport is self.transport else "fallback"
+        cache = "miss" if lookup.store else "bypass"
+        meta = self.meta(request, reply.facts or Facts(), started, cache, served_by)
+        self._served(caller, usage, meta, transport.model_name)
+        # Only the engine's answers are kept: a fallback's would outlive the cold start.
+        if lookup.store and served_by == "engine" and self.gateway.cache is not None:
+            self.gateway.cache.put(lookup.key or "", reply.body)
         return reply.body, meta
 
     async def completion_response(self, request: Request, body: dict[str, Any]) -> Response:
@@ -252,7 +279,12 @@ class InferenceService:
         self._admit()
         ticket = self.gateway.admit(caller, [body], stream=True)
         started = time.perf_counter()
-        pump = StreamPump(self.transport.stream(body), self.settings.heartbeat_interval)
+        try:
+            transport = await self._pick(request)
+        except BaseException:
+            ticket.settle(None)
+            raise
+        pump = StreamPump(transport.stream(body), self.settings.heartbeat_interval)
         self._streams.add(pump)
         try:
             first = await pump.get()
@@ -265,12 +297,12 @@ class InferenceService:
             if isinstance(exc, EngineError):  # keeps its HTTP status: nothing was sent yet
                 return engine_error_response(exc)
             raise
-        cache = "miss" if lookup.store else "bypass"
-        headers = {**_SSE_HEADERS, "x-cold-start": str(await self._cold(first)).lower(),
-                   "x-cache": cache}  # fmt: skip
+        run = _StreamRun(caller, ticket, started, wants_usage, lookup, transport, self.transport)
         # Tool calls go out whole (see tool_stream.py); a stream without tools is not touched.
-        tools = ToolCallAssembler() if wants_tool_assembly(body) else None
-        run = _StreamRun(caller, ticket, started, wants_usage, tools, lookup)
+        run.tools = ToolCallAssembler() if wants_tool_assembly(body) else None
+        cold = await self._cold(first, transport)
+        headers = {**_SSE_HEADERS, "x-cold-start": str(cold).lower(), "x-cache": run.cache,
+                   "x-served-by": run.served_by}  # fmt: skip
         events = self._events(request, pump, first, run)
 
         def closed() -> None:
@@ -294,12 +326,13 @@ class InferenceService:
         headers = {**_SSE_HEADERS, "x-cold-start": "false", "x-cache": "hit"}
         return sse_stream(events, headers)
 
-    async def _cold(self, first: Any) -> bool:
+    @staticmethod
+    async def _cold(first: Any, transport: EngineTransport) -> bool:
         """Whether this stream waited for a start: its facts say, or, when it opens with a
         heartbeat (facts not known yet), the engine's state does."""
         if isinstance(first, Reply) and first.facts is not None:
             return first.facts.cold_start
-        return (await self.transport.status()).state != "warm"
+        return (await transport.status()).state != "warm"
 
     async def _events(
         self, request: Request, pump: StreamPump, item: Any, run: _StreamRun
@@ -327,9 +360,9 @@ class InferenceService:
                     self.metrics.ttft.observe(time.perf_counter() - run.started)
                     first_token = False
                 if chunk.get("usage") and not chunk.get("choices"):
-                    meta = self.meta(request, facts, run.started, run.cache)
+                    meta = self.meta(request, facts, run.started, run.cache, run.served_by)
                     run.ticket.settle(_tokens(chunk["usage"]))
-                    self._served(run.caller, chunk["usage"], meta)
+                    self._served(run.caller, chunk["usage"], meta, run.model)
                     if run.wants_usage:
                         chunk["vllm_autoscale"] = meta
                         yield sse(chunk)
@@ -353,13 +386,19 @@ class _StreamRun:
         ticket: Ticket,
         started: float,
         wants_usage: bool,
-        tools: ToolCallAssembler | None,
         lookup: CacheLookup,
+        transport: EngineTransport,
+        engine: EngineTransport,
     ) -> None:
         self.caller, self.ticket, self.started = caller, ticket, started
-        self.wants_usage, self.tools, self.lookup = wants_usage, tools, lookup
+        self.wants_usage, self.lookup = wants_usage, lookup
+        self.tools: ToolCallAssembler | None = None
+        self.model = transport.model_name
+        self.served_by = "engine" if transport is engine else "fallback"
+        # Only the engine's answers are kept: a fallback's would outlive the cold start.
+        keep = lookup.store and self.served_by == "engine"
         self.cache = "miss" if lookup.store else "bypass"
-        self.recorder = StreamRecorder() if lookup.store else None
+        self.recorder = StreamRecorder() if keep else None
 
     def store_in_cache(self, gateway: Gateway) -> None:
         """A stream that ran to its end fills the cache as a plain request would."""

@@ -214,7 +214,10 @@ async def test_seed_chat_answers_the_seeds_shape_with_metadata_headers(
     assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
     assert (body["model"], body["finish_reason"], body["id"]) == (MODEL, "stop", "chatcmpl-fake")
     meta = body["metadata"]
-    assert set(meta) == {"request_id", "cold_start", "queue_wait_ms", "engine_ms", "cost", "cache"}
+    assert set(meta) == {
+        "request_id", "cold_start", "queue_wait_ms", "engine_ms", "cost", "cache", "served_by"
+    }  # fmt: skip
+    assert meta["served_by"] == response.headers["x-served-by"] == "engine"
     assert meta["cold_start"] is False and meta["queue_wait_ms"] == 0.0
     assert meta["cache"] == response.headers["x-cache"] == "bypass"  # temperature 0.5
     assert meta["request_id"] == response.headers["x-request-id"]

@@ -23,7 +23,14 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from deploy.config import Settings
-from deploy.contract import BatchResults, EngineStatus, EngineTransport, Facts, Reply
+from deploy.contract import (
+    BatchResults,
+    EngineState,
+    EngineStatus,
+    EngineTransport,
+    Facts,
+    Reply,
+)
 from deploy.errors import EngineUnavailable
 from deploy.wrapper import create_app
 
@@ -182,6 +189,9 @@ class FakeTransport:
     async def status(self) -> EngineStatus:
         self.status_calls += 1
         return self.engine_status
+
+    def state_hint(self) -> EngineState:
+        return self.engine_status.state
 
     async def warmup(self) -> EngineStatus:
         self.warmups += 1
