@@ -25,7 +25,8 @@ from typing import Any
 __all__ = ["ContainerManifest", "collect", "import_like_modal_deploy", "manifests"]
 
 APP_FILE = Path(__file__).with_name("modal_app.py")
-FUNCTIONS = ("wrapper", "VLLMInference")
+FUNCTIONS = ("wrapper", "VLLMInference", "apply_warm_schedule")
+"""The app's functions; ``apply_warm_schedule`` exists only with ``VLLM_WARM_SCHEDULE``."""
 BUILDER_VERSION = "2025.06"  # only shapes the generated Dockerfile lines, not what they install
 
 
@@ -118,7 +119,9 @@ def manifests(module: ModuleType) -> dict[str, ContainerManifest]:
     """Each Modal function of ``module`` (a loaded ``modal_app``) and what its container gets."""
     out: dict[str, ContainerManifest] = {}
     for name in FUNCTIONS:
-        obj = getattr(module, name)
+        obj = getattr(module, name, None)
+        if obj is None:
+            continue
         fn = _service_function(obj)
         files, packages, env, base = _image_parts(fn._spec.image)
         for mount in fn._spec.mounts:  # the function's own module (modal's client is remote)

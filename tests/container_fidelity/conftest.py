@@ -11,7 +11,12 @@ import pytest
 
 from tests.container_fidelity.staging import DEPLOY_MACHINE_SECRETS, collect_manifests
 
-DEPLOY_SETTINGS = {"VLLM_SCALEDOWN_WINDOW": "300", "VLLM_MAX_CONTAINERS": "2"}
+DEPLOY_SETTINGS = {
+    "VLLM_SCALEDOWN_WINDOW": "300",
+    "VLLM_MAX_CONTAINERS": "2",
+    # A window open all day, every day: the scheduled function's target is known (1).
+    "VLLM_WARM_SCHEDULE": "0 0 * * * 1d UTC",
+}
 
 
 @pytest.fixture(scope="session")

@@ -187,6 +187,16 @@ def test_wrapper_container_sees_the_deploy_time_settings(wrapper_container) -> N
     assert report["engine_modules"] == []  # no vLLM or torch in the wrapper
 
 
+def test_the_warm_schedule_runs_in_the_wrapper_image_and_sets_min_containers(
+    manifests, wrapper_container
+) -> None:
+    scheduled = manifests["apply_warm_schedule"]
+    assert scheduled["gpu"] is None
+    assert scheduled["packages"] == manifests["wrapper"]["packages"]
+    report = wrapper_container["report"]
+    assert report["warm_schedule_targets"] == [1] and report["min_containers_set"] == [1]
+
+
 def test_wrapper_container_keeps_its_ledger_in_modal_dicts(wrapper_container) -> None:
     """On Modal the gateway's state is in Modal Dicts every wrapper container shares; the
     usage route reads back what a request wrote through the store's Dict calls."""

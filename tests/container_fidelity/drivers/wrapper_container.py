@@ -40,8 +40,14 @@ class GpuClassStandIn:
     """Plays ``VLLMInference`` across the Modal call boundary, in this process."""
 
     calls: list[str] = []
+    min_containers: list[int] = []
 
     def __init__(self) -> None:
+        async def update_autoscaler(*, min_containers: int) -> None:
+            self.min_containers.append(min_containers)
+
+        self.update_autoscaler = SimpleNamespace(aio=update_autoscaler)
+
         async def chat(body: dict[str, Any]) -> Reply[dict[str, Any]]:
             self.calls.append("chat")
             return recorded_reply(body)
@@ -71,12 +77,24 @@ modal.Dict.from_name = ModalDictStandIn.from_name  # type: ignore[method-assign]
 app_module.VLLMInference = GpuClassStandIn
 asgi_app = raw_function(app_module.wrapper)()
 
+# The warm schedule's function runs in this same image: run it once, as Modal's scheduler
+# would, against the stand-in class.
+import asyncio  # noqa: E402
+
+targets = (
+    [asyncio.run(raw_function(app_module.apply_warm_schedule)())]
+    if hasattr(app_module, "apply_warm_schedule")
+    else []
+)
+
 seen = Settings.load()
 report(report_path, {
     "settings": seen.model_dump(mode="json", exclude={"wrapper_api_key"}),
     "has_api_key": seen.wrapper_api_key is not None,
     "engine_modules": sorted(m for m in sys.modules if m.startswith(("vllm", "torch"))),
     "state_dicts": ModalDictStandIn.names,
+    "warm_schedule_targets": targets,
+    "min_containers_set": GpuClassStandIn.min_containers,
 })  # fmt: skip
 
 import uvicorn  # noqa: E402
