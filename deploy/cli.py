@@ -125,6 +125,13 @@ def _cost(args: argparse.Namespace) -> int:
 
     from .cost import PRESETS, curve, estimate, inputs_from_preset
 
+    if args.traffic or args.profile:
+        return _advise(args)
+    advisor_only = (args.max_wait_share, args.max_mean_wait, args.warm_schedule)
+    if any(a is not None for a in advisor_only):
+        print("error: the wait budget and --warm-schedule need --traffic or --profile",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         inputs = inputs_from_preset(
             args.preset,
@@ -162,35 +169,266 @@ def _cost(args: argparse.Namespace) -> int:
         )
         gpu_hours, wakes = report.gpu_hours_per_day, report.wakes_per_day
         print(f"  GPU billed {gpu_hours:.2f} h/day over {wakes:.1f} wakes")
+        print(f"  {_wait_line(report.wait_share, i.boot_seconds)}")
         if even is not None:
             print(f"  break-even: always-on is cheaper above {even:.2f} h/day of use")
         else:
             print("  break-even: none, autoscaling is cheaper at any hours of use")
+        print(
+            "  which window is cheapest for your traffic, and how often it waits: "
+            "vllm-autoscale cost --traffic LOG (or --profile office-hours)"
+        )
     if args.plot:
-        _plot_cost(curve(inputs), args.plot, args.preset)
+        _plot_cost(curve(inputs), args.plot, args.preset, report)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
 
 
-def _plot_cost(points: list[dict[str, float]], path: str, title: str) -> None:
+def _wait_line(share: float | None, boot: float) -> str:
+    if share is None:
+        return f"one wake a day: the day's first request waits for the boot ({boot:g} s)"
+    return (
+        f"{share:.0%} of requests wait for a boot (up to {boot:g} s): each wake's first "
+        "request and those arriving during its boot (Poisson arrivals)"
+    )
+
+
+def _plot_cost(points: list[dict[str, float]], path: str, preset: str, report: Any) -> None:
     _need("matplotlib", "plot", "`vllm-autoscale cost --plot`")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    i = report.inputs
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     hours = [p["hours_per_day"] for p in points]
     ax.plot(hours, [p["autoscaled"] for p in points], label="autoscaled (boots + idle tails)")
     ax.plot(hours, [p["always_on"] for p in points], label="always on", linestyle="--")
+    # The user's own input, so the curve answers "and where am I on it?"
+    mine = f"you: {i.hours_per_day:g} h/day, ${report.autoscaled_monthly:,.0f}/month"
+    if report.wait_share is not None:
+        mine += f"\n{report.wait_share:.0%} of requests wait for a boot"
+    ax.scatter([i.hours_per_day], [report.autoscaled_monthly], color="crimson", zorder=3)
+    ax.annotate(mine, (i.hours_per_day, report.autoscaled_monthly), xytext=(0.04, 0.62),
+                textcoords="axes fraction", fontsize=8, color="crimson",
+                arrowprops={"arrowstyle": "->", "color": "crimson"})  # fmt: skip
     ax.set_xlabel("hours of use per day")
     ax.set_ylabel("USD per month")
-    ax.set_title(f"Monthly cost ({title})")
+    rate = f"{i.requests_per_hour:g} requests/h, " if i.requests_per_hour else ""
+    ax.set_title(
+        f"Monthly cost ({preset}): {rate}window {i.scaledown_window:g} s, "
+        f"boot {i.boot_seconds:g} s",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _advisor_trace(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """The trace to replay and the schedules it suggests by itself."""
+    from . import advisor
+
+    if args.traffic:
+        if args.requests_per_hour is not None:
+            raise ValueError("--requests-per-hour sets a --profile's rate, not a trace's")
+        return advisor.load_traffic(args.traffic), []
+    rate = 40.0 if args.requests_per_hour is None else args.requests_per_hour
+    trace = advisor.profile(args.profile, rate, seed=args.seed, zone=args.zone)
+    if args.profile == "office-hours":
+        return trace, [advisor.office_hours_schedule(args.zone)]
+    return trace, []
+
+
+def _advise(args: argparse.Namespace) -> int:
+    """`cost --traffic/--profile`: replay the traffic under each setting, pick a window."""
+    import json
+
+    from . import advisor
+    from .cost import inputs_from_preset
+
+    share = args.max_wait_share
+    try:
+        if share is not None and not 0 <= share <= 1:
+            raise ValueError(f"--max-wait-share is a fraction: 0.05 is 5%, not {share:g}")
+        if args.max_mean_wait is not None and args.max_mean_wait < 0:
+            raise ValueError("--max-mean-wait is seconds, 0 or more")
+        inputs = inputs_from_preset(
+            args.preset,
+            gpu_price_per_hour=args.gpu_price,
+            gpu_count=args.gpu_count,
+            boot_seconds=args.boot_seconds,
+            wrapper_price_per_hour=args.wrapper_price,
+        )
+        trace, schedules = _advisor_trace(args)
+        schedules += args.warm_schedule or []
+        windows = [
+            *advisor.DEFAULT_WINDOWS,
+            *([args.scaledown_window] * bool(args.scaledown_window)),
+        ]
+        rows = advisor.sweep(trace, inputs, windows, schedules)
+        best = advisor.recommend(rows, share, args.max_mean_wait)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(_advice_json(args, trace, inputs, rows, best), indent=2))
+    else:
+        _advice_table(args, trace, inputs, rows, best)
+    if args.plot:
+        _plot_frontier(rows, best, args.plot, trace, inputs, share, args.max_mean_wait)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _advice_json(args: argparse.Namespace, trace: Any, inputs: Any, rows: list, best: Any) -> dict:
+    from dataclasses import asdict
+
+    prices = {k: v for k, v in asdict(inputs).items() if k not in ("hours_per_day",
+              "requests_per_hour", "scaledown_window")}  # fmt: skip
+    return {
+        "trace": {
+            "name": trace.name,
+            "requests": len(trace.times),
+            "start": trace.start,
+            "end": trace.end,
+            "days": trace.days,
+            "scaled_to_days": inputs.days_per_month,
+        },
+        "preset": args.preset,
+        "prices": prices,
+        "budget": {"max_wait_share": args.max_wait_share, "max_mean_wait": args.max_mean_wait},
+        "rows": [r.to_dict() for r in rows],
+        "recommended": {"label": best.row.label, "fits": best.fits, "reason": best.reason},
+    }
+
+
+def _advice_note(row: Any, best: Any, mine: float | None) -> str:
+    from .advisor import SEED_WINDOW
+
+    notes = []
+    if row is best.row:
+        notes.append("<- recommended" if best.fits else "<- least waiting (none fits)")
+    if row.schedule is None and row.window == SEED_WINDOW:
+        notes.append("seed default")
+    if row.schedule is None and mine is not None and row.window == mine:
+        notes.append("yours")
+    return ", ".join(notes)
+
+
+def _advice_table(args: argparse.Namespace, trace: Any, inputs: Any, rows: list, best: Any) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(
+        title=f"{trace.name}: {len(trace.times):,} requests over {trace.days:.1f} days, "
+        f"figures scaled to {inputs.days_per_month} days",
+        caption=f"preset {args.preset}: GPU ${inputs.gpu_price_per_hour:.2f}/h x "
+        f"{inputs.gpu_count}, wrapper ${inputs.wrapper_price_per_hour:g}/h, "
+        f"boot {inputs.boot_seconds:g} s",
+    )
+    headers = ("setting", "USD/month", "GPU h/month", "cold starts/day", "requests waiting",
+               "mean wait s", "p95 wait s", "")  # fmt: skip
+    for n, header in enumerate(headers):
+        number = 0 < n < len(headers) - 1
+        table.add_column(header, justify="right" if number else "left", no_wrap=number)
+    for row in rows:
+        table.add_row(
+            row.label,
+            f"{row.monthly:,.2f}",
+            f"{row.gpu_hours_month:,.1f}",
+            f"{row.cold_starts_per_day:,.1f}",
+            f"{row.wait_share:.1%}",
+            f"{row.mean_wait:.1f}",
+            f"{row.p95_wait:.0f}",
+            _advice_note(row, best, args.scaledown_window),
+            style="bold green" if row is best.row else None,
+        )
+    console.print(table)
+    console.print(("recommended: " if best.fits else "no setting fits: ") + best.reason,
+                  highlight=False, soft_wrap=True)  # fmt: skip
+
+
+def _short_label(row: Any, schedules: list[str]) -> str:
+    if row.window is None:
+        return "always on"
+    if row.schedule is None:
+        return f"{row.window:g} s"
+    number = f" {schedules.index(row.schedule) + 1}" if len(schedules) > 1 else ""
+    return f"warm{number} + {row.window:g} s"
+
+
+def _plot_frontier(
+    rows: list,
+    best: Any,
+    path: str,
+    trace: Any,
+    inputs: Any,
+    max_wait_share: float | None,
+    max_mean_wait: float | None,
+) -> None:
+    """Monthly cost against waiting, one point per setting: the cost / cold-wait frontier."""
+    _need("matplotlib", "plot", "`vllm-autoscale cost --plot`")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    by_mean = max_mean_wait is not None and max_wait_share is None
+    x_of = (lambda r: r.mean_wait) if by_mean else (lambda r: 100 * r.wait_share)
+    schedules = list(dict.fromkeys(r.schedule for r in rows if r.schedule))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for family in [None, *schedules]:
+        group = [r for r in rows if r.schedule == family and r.window is not None]
+        name = "scale to zero" if family is None else f"warm {family}"
+        ax.plot([x_of(r) for r in group], [r.monthly for r in group], marker="o",
+                markersize=4, linewidth=1, label=name)  # fmt: skip
+    on = [r for r in rows if r.window is None]
+    ax.scatter([x_of(r) for r in on], [r.monthly for r in on], marker="s", color="black",
+               label="always on")  # fmt: skip
+    ax.scatter([x_of(best.row)], [best.row.monthly], s=220, marker="*", color="crimson",
+               zorder=4, label=f"recommended: {_short_label(best.row, schedules)}")  # fmt: skip
+    budget = max_mean_wait if by_mean else 100 * (max_wait_share or 0.05)
+    ax.axvline(budget, color="crimson", linestyle=":",
+               label=f"budget: {budget:g}{' s' if by_mean else '%'}")  # fmt: skip
+    ax.set_xlabel("mean wait for a boot, s" if by_mean else "requests that wait for a boot, %")
+    ax.set_ylabel("USD per month")
+    # Always on is often several times the rest, and the useful settings crowd near zero
+    # waiting: log cost, and an x axis linear up to the budget and logarithmic past it.
+    ax.set_yscale("log")
+    ax.set_xscale("symlog", linthresh=max(budget, 1e-3))
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:g}"))
+    _label_points(ax, rows, best.row, x_of, schedules)
+    ax.set_title(
+        f"{trace.name}: {len(trace.times):,} requests over {trace.days:.1f} days\n"
+        f"monthly cost vs cold waits (boot {inputs.boot_seconds:g} s)",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _label_points(ax: Any, rows: list, best: Any, x_of: Any, schedules: list[str]) -> None:
+    """Label each point, the recommended first, skipping labels that would overprint one."""
+    ax.get_xlim(), ax.get_ylim()  # settle the autoscaled limits before reading positions
+    placed: list[tuple[float, float]] = []
+    for row in sorted(rows, key=lambda r: r is not best):
+        x, y = ax.transData.transform((x_of(row), row.monthly))  # pixels
+        if any(abs(x - px) < 45 and abs(y - py) < 10 for px, py in placed):
+            continue
+        placed.append((x, y))
+        ax.annotate(_short_label(row, schedules), (x_of(row), row.monthly), xytext=(5, 4),
+                    textcoords="offset points", fontsize=7)  # fmt: skip
 
 
 class CliError(Exception):
@@ -694,17 +932,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    cost = sub.add_parser("cost", help="monthly cost: always on vs scaled to zero")
+    cost = sub.add_parser(
+        "cost",
+        help="monthly cost: always on vs scaled to zero; with traffic, which window to pick",
+        description="Without --traffic or --profile: the cost model for hours of use a day. "
+        "With one: replay the traffic under each scaledown window (and warm schedule) and "
+        "recommend the cheapest setting within a wait budget (docs/cold-starts.md).",
+    )
     cost.add_argument("--preset", default="modal-a100-80gb", help="seed, modal-a100-80gb, ...")
     cost.add_argument("--hours", type=float, default=None, help="hours of use per day")
-    cost.add_argument("--requests-per-hour", type=float, default=None)
+    cost.add_argument(
+        "--requests-per-hour", type=float, default=None,
+        help="request rate during the hours of use; with --profile, its rate (default 40)",
+    )  # fmt: skip
     cost.add_argument("--gpu-price", type=float, default=None, help="USD per GPU-hour")
     cost.add_argument("--gpu-count", type=int, default=None)
-    cost.add_argument("--scaledown-window", type=float, default=None)
+    cost.add_argument(
+        "--scaledown-window", type=float, default=None,
+        help="idle seconds before the GPU is released; with traffic, one more to try",
+    )  # fmt: skip
     cost.add_argument("--boot-seconds", type=float, default=None)
     cost.add_argument("--wrapper-price", type=float, default=None, help="USD per wrapper-hour")
+    traffic = cost.add_mutually_exclusive_group()
+    traffic.add_argument(
+        "--traffic", default=None, metavar="FILE",
+        help="request times: the wrapper's JSON log, a CSV with a timestamp column, "
+        "or one timestamp a line",
+    )  # fmt: skip
+    traffic.add_argument(
+        "--profile", default=None, choices=("office-hours", "bursty", "uniform"),
+        help="a synthetic month of traffic instead of a trace",
+    )  # fmt: skip
+    cost.add_argument("--seed", type=int, default=0, help="the --profile's random seed")
+    cost.add_argument("--zone", default="UTC", help="the office-hours profile's time zone")
+    cost.add_argument(
+        "--max-wait-share", type=float, default=None,
+        help="wait budget: the share of requests that may wait for a boot "
+        "(default 0.05 unless --max-mean-wait)",
+    )  # fmt: skip
+    cost.add_argument(
+        "--max-mean-wait", type=float, default=None,
+        help="wait budget: the mean wait in seconds over all requests",
+    )  # fmt: skip
+    cost.add_argument(
+        "--warm-schedule", action="append", default=None, metavar="SCHEDULE",
+        help="a warm schedule to try as well, e.g. '0 9 * * mon-fri 9h Europe/Paris' "
+        "(repeatable)",
+    )  # fmt: skip
     cost.add_argument("--json", action="store_true")
-    cost.add_argument("--plot", default=None, help="write a PNG of cost vs hours/day")
+    cost.add_argument(
+        "--plot", default=None, metavar="FILE",
+        help="write a PNG: cost vs hours/day, or with traffic, cost vs requests that wait",
+    )  # fmt: skip
     cost.set_defaults(func=_cost)
 
     for name, func, text in (

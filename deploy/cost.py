@@ -10,6 +10,17 @@ during the hours of use), a gap longer than the window ends a wake, so:
                                                                on for min(next gap, W))
 
 Without a request rate the use is one continuous block a day: hours + one boot + one tail.
+
+The share of requests that wait for a boot follows from the same Poisson arrivals, counted
+per wake (a renewal argument): a wake starts with the request that finds the GPU off; the
+λB requests arriving during its boot wait too; after the boot the GPU serves a run of
+requests, each following the last within W, until a gap outlasts W (on average e^{λW} - 1
+of them). So
+
+    share waiting = (1 + λB) / (λB + e^{λW})     (= e^{-λW} with an instant boot)
+
+``warm_schedule_cost`` prices a warm schedule: its open hours over a month, from a fixed
+Monday, at the GPU's price (deploy/advisor.py adds what scaling to zero costs outside).
 """
 
 from __future__ import annotations
@@ -18,21 +29,30 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .warm_schedule import WarmSchedule
 
 __all__ = [
     "PRESETS",
     "CostInputs",
     "CostReport",
+    "ScheduleCost",
     "curve",
     "estimate",
     "inputs_from_preset",
     "load_presets",
     "request_cost",
+    "wait_share",
+    "warm_schedule_cost",
 ]
 
 DAYS_PER_MONTH = 30
 HOURS_PER_DAY = 24.0
+MONTH_START = 1704067200.0
+"""2024-01-01 00:00 UTC, a Monday: where a schedule's month is counted from, so that a
+weekday schedule always gets the same weekdays (22 of them) and the same price."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,8 @@ class CostReport:
     saving: float
     break_even_hours_per_day: float | None
     """Hours of use a day above which always-on is cheaper (None: autoscale always wins)."""
+    wait_share: float | None = None
+    """Share of requests that wait for a boot (None: no request rate, one wake a day)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,7 +132,21 @@ def estimate(inputs: CostInputs) -> CostReport:
         seed_saving=1 - seed / always_on,
         saving=1 - corrected / always_on,
         break_even_hours_per_day=_break_even(inputs, always_on),
+        wait_share=wait_share(inputs),
     )
+
+
+def wait_share(inputs: CostInputs) -> float | None:
+    """Poisson share of requests that wait for a boot (module docstring); None without a rate."""
+    if not inputs.requests_per_hour:
+        return None
+    rate = inputs.requests_per_hour / 3600
+    during_boot = rate * inputs.boot_seconds
+    # exp overflows past ~709: the share is then 0 to any precision that matters.
+    exponent = rate * inputs.scaledown_window
+    if exponent > 700:
+        return 0.0
+    return (1 + during_boot) / (during_boot + math.exp(exponent))
 
 
 def _break_even(inputs: CostInputs, always_on: float) -> float | None:
@@ -146,6 +182,26 @@ def request_cost(
         "usd": round(engine_seconds * per_second, 8),
         "cold_start_usd": round(cold_start_seconds * per_second, 8),
     }
+
+
+@dataclass(frozen=True)
+class ScheduleCost:
+    open_hours_per_month: float
+    monthly: float
+    """USD a month for the GPU kept warm in the windows (the wrapper not included)."""
+
+
+def warm_schedule_cost(
+    schedule: WarmSchedule,
+    gpu_price_per_hour: float,
+    gpu_count: int = 1,
+    days: int = DAYS_PER_MONTH,
+) -> ScheduleCost:
+    """What keeping one GPU container warm in ``schedule``'s windows costs a month: the open
+    seconds over ``days`` days from ``MONTH_START`` (a Monday), at the GPU's price."""
+    seconds = schedule.open_seconds(MONTH_START, MONTH_START + days * 86400)
+    hours = seconds / 3600
+    return ScheduleCost(hours, hours * gpu_price_per_hour * gpu_count)
 
 
 def load_presets(path: Path | None = None) -> dict[str, dict[str, Any]]:

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from deploy.cli import main
-from deploy.cost import PRESETS, CostInputs, curve, estimate, inputs_from_preset, request_cost
+from deploy.cost import (
+    PRESETS,
+    CostInputs,
+    curve,
+    estimate,
+    inputs_from_preset,
+    request_cost,
+    wait_share,
+    warm_schedule_cost,
+)
+from deploy.warm_schedule import WarmSchedule
 
 
 def test_reproduces_the_seed() -> None:
@@ -81,3 +92,57 @@ def test_cli_table_and_plot(capsys, tmp_path) -> None:
     out = capsys.readouterr().out
     assert "$    792.00/month" in out and "$     66.07/month" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_share_of_requests_that_wait_for_a_boot() -> None:
+    # The seed at 20 requests/h: λW = 2/3, λB = 1/2; (1 + λB) / (λB + e^{λW}).
+    inputs = inputs_from_preset("seed", hours_per_day=2, requests_per_hour=20)
+    assert estimate(inputs).wait_share == pytest.approx(1.5 / (0.5 + math.exp(2 / 3)))
+    assert estimate(inputs).wait_share == pytest.approx(0.613, abs=1e-3)
+    # An instant boot: exactly the requests after a gap longer than the window, e^{-λW}.
+    instant = CostInputs(gpu_price_per_hour=1, requests_per_hour=20, boot_seconds=0)
+    assert wait_share(instant) == pytest.approx(math.exp(-20 / 3600 * 120))
+    assert wait_share(replace(instant, requests_per_hour=1e6)) == 0.0  # no overflow
+    assert estimate(inputs_from_preset("seed", hours_per_day=2)).wait_share is None
+
+
+def test_warm_schedule_cost_counts_a_month_of_windows_from_a_monday() -> None:
+    weekdays = WarmSchedule.parse("0 9 * * mon-fri 9h UTC")
+    cost = warm_schedule_cost(weekdays, gpu_price_per_hour=2.5)
+    assert cost.open_hours_per_month == 22 * 9  # 30 days from Monday: 22 weekdays
+    assert cost.monthly == pytest.approx(22 * 9 * 2.5)
+    assert warm_schedule_cost(weekdays, 2.5, gpu_count=2).monthly == pytest.approx(2 * 495)
+    daily = warm_schedule_cost(WarmSchedule.parse("0 9 * * * 1h UTC"), 1.0, days=7)
+    assert daily.open_hours_per_month == 7
+
+
+def test_cli_says_how_many_requests_wait(capsys) -> None:
+    args = ["cost", "--preset", "seed", "--hours", "2", "--requests-per-hour", "20"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "GPU billed 1.51 h/day over 21.5 wakes" in out
+    assert "61% of requests wait for a boot (up to 90 s)" in out
+    assert main(["cost", "--preset", "seed", "--hours", "2"]) == 0
+    assert "the day's first request waits for the boot (90 s)" in capsys.readouterr().out
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["wait_share"] == pytest.approx(0.6128, abs=1e-4)
+
+
+def test_cli_plot_names_the_rate_and_window_and_marks_the_input(tmp_path, monkeypatch) -> None:
+    import matplotlib.figure
+
+    figures = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(
+        matplotlib.figure.Figure,
+        "savefig",
+        lambda fig, *a, **k: figures.append(fig) or save(fig, *a, **k),
+    )
+    args = ["cost", "--preset", "seed", "--hours", "3", "--requests-per-hour", "20"]
+    assert main([*args, "--plot", str(tmp_path / "c.png")]) == 0
+    (ax,) = figures[0].axes
+    assert ax.get_title() == "Monthly cost (seed): 20 requests/h, window 120 s, boot 90 s"
+    (mark,) = ax.collections  # the user's own point, on the autoscaled curve
+    report = estimate(inputs_from_preset("seed", hours_per_day=3, requests_per_hour=20))
+    assert tuple(mark.get_offsets()[0]) == pytest.approx((3, report.autoscaled_monthly))
+    assert any(t.get_text().startswith("you: 3 h/day, $") for t in ax.texts)
