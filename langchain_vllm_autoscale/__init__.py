@@ -15,6 +15,7 @@ from langchain_vllm_autoscale._exceptions import (
     VLLMAutoscaleError,
 )
 from langchain_vllm_autoscale.chat_models import ChatVLLMAutoscale
+from langchain_vllm_autoscale.warmup import WarmupCallbackHandler
 
 try:
     __version__ = metadata.version("langchain-vllm-autoscale")
@@ -33,5 +34,6 @@ __all__ = [
     "RateLimitError",
     "ServiceUnavailableError",
     "VLLMAutoscaleError",
+    "WarmupCallbackHandler",
     "__version__",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -148,6 +149,7 @@ class ServiceClient:
         self._async_transport = async_transport
         self._transport = transport
         self._sync_client: httpx.Client | None = None
+        self._sync_lock = threading.Lock()
         self._async: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, AsyncIterator[None]]
         ] = weakref.WeakKeyDictionary()
@@ -159,13 +161,19 @@ class ServiceClient:
         # Built on first use: creating a model stays cheap (an httpx client builds an SSL
         # context).
         if self._sync_client is None:
-            self._sync_client = httpx.Client(
-                base_url=self.base_url, headers=self._headers, timeout=self._timeout,
-                follow_redirects=True, transport=self._transport,
-            )  # fmt: skip
-            # A model dropped without close() must not leak its sockets.
-            weakref.finalize(self, self._sync_client.close)
+            with self._sync_lock:  # a warm-up thread and the first call may race here
+                if self._sync_client is None:
+                    self._sync_client = self._new_sync_client()
         return self._sync_client
+
+    def _new_sync_client(self) -> httpx.Client:
+        client = httpx.Client(
+            base_url=self.base_url, headers=self._headers, timeout=self._timeout,
+            follow_redirects=True, transport=self._transport,
+        )  # fmt: skip
+        # A model dropped without close() must not leak its sockets.
+        weakref.finalize(self, client.close)
+        return client
 
     async def _async_client(self) -> httpx.AsyncClient:
         # httpx's async pool is bound to the loop that opened its connections, so each loop

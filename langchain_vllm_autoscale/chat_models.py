@@ -40,6 +40,7 @@ from langchain_vllm_autoscale._messages import (
     dumps_body,
     to_openai_messages,
 )
+from langchain_vllm_autoscale.warmup import start_warmup
 
 __all__ = ["ChatVLLMAutoscale"]
 
@@ -73,7 +74,8 @@ class ChatVLLMAutoscale(BaseChatModel):
     It talks to the always-on wrapper over HTTP (OpenAI-compatible
     ``/v1/chat/completions`` plus a batch route). The wrapper wakes the GPU on demand, so the
     first call after an idle period can wait for a cold start: the default ``timeout`` is
-    long, streams receive keep-alives meanwhile, and ``warmup()`` wakes the GPU ahead of need.
+    long, streams receive keep-alives meanwhile, and ``warmup()`` wakes the GPU ahead of need
+    (also ``auto_warmup="on_init"``, and ``WarmupCallbackHandler`` when an agent's run starts).
 
     Setup:
         ``pip install langchain-vllm-autoscale``, then point it at a wrapper::
@@ -144,6 +146,23 @@ class ChatVLLMAutoscale(BaseChatModel):
     """An ``httpx.BaseTransport`` for the sync client (tests, proxies)."""
     http_async_transport: Any = Field(default=None, exclude=True)
     """An ``httpx.AsyncBaseTransport`` for the async clients."""
+    auto_warmup: Literal["never", "on_init"] = "never"
+    """When the model wakes the GPU by itself, ahead of its first call:
+
+    - ``"never"`` (default): only calls (and ``warmup()``) wake it.
+    - ``"on_init"``: when the model object is created, e.g. at an app's start-up, so the
+      engine boots while the app gets ready. Fire-and-forget: a daemon thread sends
+      ``POST /warmup`` (in sync and async programs alike); creating the model never waits for
+      it and never fails because of it (a failure is logged as a warning).
+
+    There is no ``"on_run_start"``: a model cannot see the agent or chain run around it start
+    (its own ``callbacks`` hear only its own calls, too late to help). To wake the GPU when a
+    run starts, give ``WarmupCallbackHandler.for_model(llm)`` to that run:
+    ``agent.invoke(..., config={"callbacks": [handler]})`` or
+    ``agent.with_config(callbacks=[handler])``; see ``langchain_vllm_autoscale.warmup``.
+
+    Automatic warm-ups (this one and the handler's) go at most once per 10 s to a service URL
+    from a process, however many models and runs ask."""
 
     _client: ServiceClient = PrivateAttr()
 
@@ -169,6 +188,12 @@ class ChatVLLMAutoscale(BaseChatModel):
         # No profile given: the service's is fetched when `profile` is first read (see
         # _ServiceProfile), not here: constructing a model stays offline and instant.
         self._profile_lazy = self.__dict__.get("profile") is None
+        return self
+
+    @model_validator(mode="after")
+    def _warm_up_on_init(self) -> ChatVLLMAutoscale:
+        if self.auto_warmup == "on_init":
+            start_warmup(self._client)  # a daemon thread: returns at once, never raises
         return self
 
     # -- LangChain metadata -----------------------------------------------------------------------

@@ -650,3 +650,28 @@ def test_a_stream_refused_for_days_is_not_retried(mode: str, sleeps: list[float]
     with pytest.raises(RateLimitError):
         do_stream(make_client(script), mode)
     assert len(script.requests) == 1 and sleeps == []
+
+
+def test_threads_racing_to_the_first_request_share_one_client(monkeypatch) -> None:
+    """A warm-up thread and the user's first call build the client at the same moment."""
+    import threading
+    import time as real_time
+
+    built: list[object] = []
+    real = httpx.Client
+
+    class SlowClient(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            real_time.sleep(0.05)  # widen the window a race needs
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(_http.httpx, "Client", SlowClient)
+    client = make_client(Script())
+    seen: list[object] = []
+    threads = [threading.Thread(target=lambda: seen.append(client._sync)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and all(c is built[0] for c in seen)
