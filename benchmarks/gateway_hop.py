@@ -7,7 +7,8 @@ order reversed every other round) so machine noise hits them alike:
 
 - ``ref``: the wrapper at ``--ref`` (before the gateway): one key, no limits, no cache;
 - ``gateway``: this tree with 50 named keys, the caller's rpm, tpm, stream and monthly
-  budget limits on (never reached), the ledger in SQLite, the cache on; every request is
+  budget limits on (never reached), the ledger in SQLite, the cache on at its default size
+  (1,024 entries, always full after the first rounds); every request is
   deterministic with a new seed, so each one pays the whole cache path and misses (key hash,
   lookup, store);
 - ``hit``: this tree, one request over and over: answered from the cache.
@@ -55,7 +56,6 @@ def _gateway_env(state: Path) -> dict[str, str]:
         "VLLM_DEFAULT_MAX_STREAMS": "1000",
         "VLLM_DEFAULT_MONTHLY_BUDGET_USD": str(10**6),
         "VLLM_STATE_URL": f"sqlite:///{state}",
-        "VLLM_CACHE_MAX_ENTRIES": "100000",
     }
 
 

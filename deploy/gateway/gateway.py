@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -85,6 +86,28 @@ class Gateway:
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._books: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._books_scheduled = False
+
+    # -- after an answer is sent ------------------------------------------------------------------
+
+    def later(self, book: Callable[..., None], *args: Any) -> None:
+        """Keep an answer's books (limits settled, ledger, metrics, cache) once it is on its
+        way, not before: they cost the caller no latency. Kept at the loop's next turn, and
+        in any case before the next request is looked up or admitted."""
+        self._books.append((book, args))
+        if not self._books_scheduled:
+            self._books_scheduled = True
+            asyncio.get_running_loop().call_soon(self.keep_books)
+
+    def keep_books(self) -> None:
+        self._books_scheduled = False
+        while self._books:
+            book, args = self._books.popleft()
+            try:
+                book(*args)
+            except Exception:  # one answer's bookkeeping never fails the next request
+                log.exception("keeping an answer's books failed")
 
     # -- who is asking ---------------------------------------------------------------------------
 
@@ -102,6 +125,8 @@ class Gateway:
     # -- before the GPU --------------------------------------------------------------------------
 
     def lookup(self, caller: KeyRecord, body: dict[str, Any], cache_control: str) -> CacheLookup:
+        if self._books:
+            self.keep_books()
         if self.cache is None:
             return CacheLookup(None)
         return self.cache.lookup(caller.name, body, cache_control)
@@ -111,6 +136,8 @@ class Gateway:
     ) -> Ticket:
         """Check the key's budget and take its rate limits for ``bodies``; raise
         ``LimitExceeded`` (nothing taken) when one is over."""
+        if self._books:
+            self.keep_books()
         budget = caller.monthly_budget_usd
         if budget is not None and self.ledger.month_spend(caller.name) >= budget:
             raise LimitExceeded(caller.name, "monthly_budget_usd", budget,
@@ -194,6 +221,7 @@ class Gateway:
     async def aclose(self) -> None:
         """Stop syncing and write everything once more (a restart loses no ledger row)."""
         self._closed = True
+        self.keep_books()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -56,6 +56,7 @@ async def usage(
         gateway.ledger.flush()  # this wrapper's latest counts too
         return gateway.ledger.query(key, first, last)
 
+    gateway.keep_books()  # answers already sent are in the ledger before it is read
     rows = await asyncio.to_thread(read)
     return {
         "object": "list",

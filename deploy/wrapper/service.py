@@ -207,16 +207,28 @@ class InferenceService:
         except BaseException:
             ticket.settle(None)
             raise
-        usage = reply.body.get("usage")
-        ticket.settle(_tokens(usage))
         served_by = "engine" if transport is self.transport else "fallback"
         cache = "miss" if lookup.store else "bypass"
         meta = self.meta(request, reply.facts or Facts(), started, cache, served_by)
+        # The books (limits settled, ledger, metrics, cache): once the answer is on its way.
+        self.gateway.later(self._book, caller, ticket, reply.body, meta, transport, lookup)
+        return reply.body, meta
+
+    def _book(
+        self,
+        caller: KeyRecord,
+        ticket: Ticket,
+        answer: dict[str, Any],
+        meta: dict[str, Any],
+        transport: EngineTransport,
+        lookup: CacheLookup,
+    ) -> None:
+        usage = answer.get("usage")
+        ticket.settle(_tokens(usage))
         self._served(caller, usage, meta, transport.model_name)
         # Only the engine's answers are kept: a fallback's would outlive the cold start.
-        if lookup.store and served_by == "engine" and self.gateway.cache is not None:
-            self.gateway.cache.put(lookup.key or "", reply.body)
-        return reply.body, meta
+        if lookup.store and transport is self.transport and self.gateway.cache is not None:
+            self.gateway.cache.put(lookup.key or "", answer)
 
     async def completion_response(self, request: Request, body: dict[str, Any]) -> Response:
         result, meta = await self.complete(request, body)
