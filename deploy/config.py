@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .protocol import Limits
@@ -35,6 +35,7 @@ __all__ = [
     "SERVICE_NAME",
     "SERVICE_VERSION",
     "ModelPreset",
+    "ModelSpec",
     "Settings",
 ]
 
@@ -115,6 +116,34 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
 _NO_PRESET = ModelPreset(None, None)
 
 
+class ModelSpec(BaseModel):
+    """One model of a service that serves several (``VLLM_MODELS``, a JSON list of these).
+    Each is its own engine (its own GPU class on Modal) with its own window and bounds,
+    behind the one wrapper; a field left out takes the service-wide setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,127}$")
+    """What requests say in ``model``."""
+    model: str | None = None
+    """The weights (Hugging Face id); default: ``name``."""
+    model_revision: str | None = None
+    gpu: str | None = None
+    tensor_parallel_size: int | None = Field(default=None, ge=1, le=8)
+    max_model_len: int | None = Field(default=None, ge=256)
+    max_num_seqs: int | None = Field(default=None, ge=1, le=1024)
+    scaledown_window: int | None = Field(default=None, ge=2, le=3600)
+    max_containers: int | None = Field(default=None, ge=1, le=100)
+    tool_call_parser: str | None = None
+    chat_template: str | None = None
+    reasoning_parser: str | None = None
+    gpu_price_per_hour: float | None = Field(default=None, ge=0)
+    adapters: dict[str, str] = Field(default_factory=dict)
+    """LoRA adapters served on this model: name -> a local folder, a path on the models
+    Volume, or a Hugging Face repo id. ``model=<adapter>`` routes here."""
+    max_lora_rank: int = Field(default=16, ge=1, le=512)
+
+
 class Settings(BaseSettings):
     """Service settings; each field is the env var ``VLLM_<FIELD>``."""
 
@@ -125,6 +154,15 @@ class Settings(BaseSettings):
     """The model the GPU class serves (Hugging Face id)."""
     model_revision: str | None = None
     """Pin a revision to avoid surprises when the repo updates."""
+    served_name: str | None = None
+    """What requests say in ``model`` (default: ``model``)."""
+    adapters: dict[str, str] = Field(default_factory=dict)
+    """LoRA adapters on this model: name -> local folder, models-Volume path or Hub repo."""
+    max_lora_rank: int = Field(default=16, ge=1, le=512)
+    models: str | None = None
+    """Several models behind one wrapper: a JSON list of ``ModelSpec`` entries (name, model,
+    gpu, scaledown_window, max_containers, parsers, adapters...). The first is the default
+    for requests that name none. Unset: the one model above."""
     gpu: str | None = None
     """Modal GPU spec, e.g. "A100-80GB" or "A100-80GB:2"; default from the model's preset."""
     tensor_parallel_size: int | None = Field(default=None, ge=1, le=8)
@@ -344,6 +382,13 @@ class Settings(BaseSettings):
                 f"VLLM_TARGET_INPUTS={self.target_inputs} exceeds VLLM_MAX_NUM_SEQS="
                 f"{self.max_num_seqs}: a container cannot aim for more than it can hold"
             )
+        if self.models:
+            try:
+                self.served_models()  # each model's settings must hold on their own
+            except ValueError as exc:
+                text = str(exc)
+                prefix = "" if text.startswith("VLLM_MODELS") else "VLLM_MODELS: "
+                raise ValueError(prefix + text) from None
         if self.warm_schedule:
             from .warm_schedule import WarmSchedule  # croniter: only where a schedule is set
 
@@ -366,13 +411,48 @@ class Settings(BaseSettings):
 
         return WarmSchedule.parse(self.warm_schedule)
 
+    @property
+    def name(self) -> str:
+        """The served model's name, as requests say it."""
+        return self.served_name or self.model
+
+    def served_models(self) -> list[Settings]:
+        """One ``Settings`` per served model: each model of ``VLLM_MODELS`` with the
+        service-wide settings under its own, or just this one."""
+        if not self.models:
+            return [self]
+        out: list[Settings] = []
+        for spec in self.model_specs():
+            own = spec.model_dump(exclude_none=True, exclude={"name", "model"})
+            own |= {"served_name": spec.name, "model": spec.model or spec.name, "models": None}
+            out.append(type(self).model_validate({**self._plain(), **own}))
+        return out
+
+    def model_specs(self) -> list[ModelSpec]:
+        try:
+            entries = json.loads(self.models or "[]")
+        except ValueError:
+            raise ValueError("VLLM_MODELS is not valid JSON (a list of models)") from None
+        if not isinstance(entries, list) or not entries:
+            raise ValueError("VLLM_MODELS must be a non-empty JSON list of models")
+        specs = [ModelSpec.model_validate(e) for e in entries]
+        names = [s.name for s in specs] + [a for s in specs for a in s.adapters]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"VLLM_MODELS: name(s) served twice: {', '.join(twice)}")
+        return specs
+
+    def _plain(self) -> dict[str, object]:
+        """The fields as constructor arguments (secrets kept as they are)."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
     def model_info(self) -> ModelInfo:
         """The model the GPU class serves, as ``gpu_engine_config`` will run it: what the
         wrapper reports on ``/v1/models`` and tokenizes with, without waking the GPU."""
         from .model_info import ModelInfo  # it imports this module
 
         return ModelInfo(
-            name=self.model,
+            name=self.name,
             max_model_len=self.max_model_len or self.preset.max_model_len,
             tool_parser=self.tool_parser,
             reasoning_parser=self.reasoning,
@@ -390,7 +470,7 @@ class Settings(BaseSettings):
         return EngineConfig(
             model=self.model,
             revision=self.model_revision,
-            served_model_name=self.model,
+            served_model_name=self.name,
             host="127.0.0.1",
             port=8001,
             device="cuda",
