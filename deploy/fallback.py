@@ -150,22 +150,20 @@ class FallbackTransport:
 class ColdRouter:
     """Per request: the engine, or (while it is cold) the fallback, by the policy."""
 
-    def __init__(
-        self, engine: EngineTransport, fallback: EngineTransport, policy: str, after: float
-    ) -> None:
-        self.engine, self.fallback, self.policy, self.after = engine, fallback, policy, after
+    def __init__(self, fallback: EngineTransport, policy: str, after: float) -> None:
+        self.fallback, self.policy, self.after = fallback, policy, after
         self.served = 0
         """Requests the fallback answered (``/status``)."""
-        self._woken_at = -_WAKE_EVERY_S
+        self._woken_at: dict[int, float] = {}  # per engine
         self._wakes: set[asyncio.Task[Any]] = set()
 
-    def _wake(self) -> None:
+    def _wake(self, engine: EngineTransport) -> None:
         """Start the engine without waiting (once every few seconds, however many ask)."""
         now = time.monotonic()
-        if now - self._woken_at < _WAKE_EVERY_S:
+        if now - self._woken_at.get(id(engine), -_WAKE_EVERY_S) < _WAKE_EVERY_S:
             return
-        self._woken_at = now
-        task = asyncio.ensure_future(self.engine.warmup())
+        self._woken_at[id(engine)] = now
+        task = asyncio.ensure_future(engine.warmup())
         self._wakes.add(task)
         task.add_done_callback(self._woke)
 
@@ -174,20 +172,21 @@ class ColdRouter:
         if not task.cancelled() and task.exception() is not None:
             log.warning("waking the engine failed: %s", task.exception())
 
-    async def pick(self, headers: Mapping[str, str]) -> EngineTransport:
-        if self.engine.state_hint() == "warm":
-            return self.engine
+    async def pick(self, engine: EngineTransport, headers: Mapping[str, str]) -> EngineTransport:
+        """``engine`` (the request's model's), or the fallback while it is cold."""
+        if engine.state_hint() == "warm":
+            return engine
         if self.policy == "header" and headers.get(ALLOW_HEADER, "").lower() not in (
             "1", "true", "yes",
         ):  # fmt: skip
-            return self.engine
-        self._wake()
+            return engine
+        self._wake(engine)
         if self.policy == "after":
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.after
             while loop.time() < deadline:
                 await asyncio.sleep(0.1)
-                if self.engine.state_hint() == "warm":
-                    return self.engine
+                if engine.state_hint() == "warm":
+                    return engine
         self.served += 1
         return self.fallback

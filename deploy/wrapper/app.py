@@ -7,7 +7,7 @@ the outermost middleware (it sees every request, the rejected ones included).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,11 +21,11 @@ from ..fallback import ColdRouter, FallbackTransport
 from ..gateway import Gateway
 from ..gateway.store import StateStore
 from ..metrics import Metrics
-from ..model_info import ModelInfo, describe_served_model
+from ..model_info import ModelInfo
 from ..protocol import RequestModels, request_models
-from ..token_counter import TokenCounter
 from . import (
     handlers,
+    routes_adapters,
     routes_docs,
     routes_gateway,
     routes_openai,
@@ -34,6 +34,7 @@ from . import (
     routes_tokenize,
 )
 from .middleware import FastPath, RequestContext
+from .models import ModelRegistry
 from .service import InferenceService
 
 __all__ = ["create_app"]
@@ -42,20 +43,23 @@ DESCRIPTION = "Always-on wrapper in front of a scale-to-zero vLLM engine."
 
 
 def create_app(
-    transport: EngineTransport,
+    transports: EngineTransport | Mapping[str, EngineTransport],
     settings: Settings | None = None,
     model_info: ModelInfo | None = None,
     store: StateStore | None = None,
     fallback: EngineTransport | None = None,
 ) -> FastAPI:
-    """The wrapper app over ``transport``; ``settings`` default to the environment's.
-    ``model_info`` (what ``/v1/models`` reports, what ``/tokenize`` counts with) defaults to
-    what the transport's engine configuration or the settings say: never the engine itself.
+    """The wrapper app over ``transports``: one transport, or served name -> transport for
+    several models (the first is the default); ``settings`` default to the environment's
+    (each model's own from ``settings.served_models()``). ``model_info`` (what
+    ``/v1/models`` reports, what ``/tokenize`` counts with, for the default model) defaults
+    to what the transport's engine configuration or the settings say: never the engine.
     ``store`` holds the gateway's shared state (default: ``VLLM_STATE_URL``'s); ``fallback``
     serves while the engine is cold (default: ``VLLM_COLD_FALLBACK_URL``'s, if set)."""
     settings = settings or Settings.load()
     models = request_models(settings.limits)
     gateway = Gateway(settings, store)
+    registry = ModelRegistry(transports, settings, model_info)
     if fallback is None and settings.cold_fallback_url:
         key = settings.cold_fallback_api_key
         fallback = FallbackTransport(
@@ -63,8 +67,7 @@ def create_app(
             settings.cold_fallback_model,
         )  # fmt: skip
     cold = (
-        ColdRouter(transport, fallback, settings.cold_fallback_policy,
-                   settings.cold_fallback_after)
+        ColdRouter(fallback, settings.cold_fallback_policy, settings.cold_fallback_after)
         if fallback is not None else None
     )  # fmt: skip
 
@@ -74,7 +77,8 @@ def create_app(
         # On Modal, a container stop; locally, LocalStack has drained already (a no-op).
         await app.state.service.drain(settings.drain_grace)
         await gateway.aclose()  # the ledger's last rows
-        await transport.aclose()
+        for served in registry.models.values():
+            await served.transport.aclose()
         if fallback is not None:
             await fallback.aclose()
 
@@ -86,12 +90,12 @@ def create_app(
     )  # fmt: skip
     metrics = Metrics()
     app.state.settings = settings
-    app.state.transport = transport
+    app.state.transport = registry.default.transport
+    app.state.models = registry
     app.state.metrics = metrics
     app.state.gateway = gateway
-    app.state.service = InferenceService(transport, settings, metrics, gateway, cold)
-    app.state.model_info = model_info or describe_served_model(transport, settings)
-    app.state.token_counter = TokenCounter(app.state.model_info)  # loads on first use
+    app.state.service = InferenceService(registry, settings, metrics, gateway, cold)
+    app.state.model_info = registry.default.info
 
     handlers.install(app)
     hot = routes_openai.hot_route(models)
@@ -101,6 +105,7 @@ def create_app(
     app.include_router(routes_service.router)
     app.include_router(routes_tokenize.router(settings.limits))
     app.include_router(routes_gateway.router)
+    app.include_router(routes_adapters.router)
     if not public_docs:
         app.include_router(routes_docs.router)
     app.add_middleware(FastPath, route=hot)

@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-from ..model_info import ModelInfo
 from ..protocol import ErrorResponse, RequestModels
 from .auth import ApiKey, require_api_key
 from .handlers import parse_body
+from .models import ModelRegistry
 from .responses import AUTH_ERRORS, INFERENCE_ERRORS, json_body
 from .service import InferenceService, Service
 
@@ -93,8 +93,8 @@ def router(limited: RequestModels) -> APIRouter:
 
     @api.get("/v1/models", responses=AUTH_ERRORS)
     async def models(request: Request, _: ApiKey) -> dict[str, Any]:
-        # From configuration only (deploy/model_info.py): listing models never wakes the GPU.
-        info: ModelInfo = request.app.state.model_info
-        return {"object": "list", "data": [info.model_card()]}
+        # From configuration and the engines' last seen states: listing never wakes a GPU.
+        registry: ModelRegistry = request.app.state.models
+        return {"object": "list", "data": registry.cards()}
 
     return api

@@ -26,6 +26,11 @@ async def _status(service: InferenceService) -> dict[str, Any]:
     service.metrics.queue_depth.set(st.queue_depth)
     service.metrics.cold_starts.set(st.cold_starts)
     out = {"model": service.model_name, **st.to_dict()}
+    if len(service.models) > 1:  # the default model above; every model, each on its own
+        out["models"] = {
+            name: (await served.transport.status()).to_dict()
+            for name, served in service.models.models.items()
+        }
     if service.cold is not None:
         cold = service.cold
         out["cold_fallback"] = {"policy": cold.policy, "model": cold.fallback.model_name,
@@ -39,14 +44,11 @@ async def status(service: Service) -> dict[str, Any]:
 
 
 @router.post("/warmup", status_code=HTTPStatus.ACCEPTED)
-async def warmup(service: Service) -> dict[str, Any]:
-    st = await service.transport.warmup()
-    out = {"model": service.model_name, **st.to_dict()}
-    if service.cold is not None:
-        cold = service.cold
-        out["cold_fallback"] = {"policy": cold.policy, "model": cold.fallback.model_name,
-                                "served": cold.served}  # fmt: skip
-    return out
+async def warmup(service: Service, model: str | None = None) -> dict[str, Any]:
+    """Start a model's engine (``?model=``; default: the default model) and return at once."""
+    served = service.check_model(model)
+    st = await served.transport.warmup()
+    return {"model": served.name, **st.to_dict()}
 
 
 @router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_admin)])

@@ -132,11 +132,10 @@ def router(limits: Limits) -> APIRouter:
         wakes the engine. 501 when this wrapper cannot load the model's tokenizer."""
         await require_api_key(request)  # before the body is read: no key, no parsing
         raw = await request.body()
-        counter: TokenCounter = request.app.state.token_counter
         try:
             if _is_chat(raw):
                 chat = parse_body(chat_model, raw)
-                service.check_model(chat.model)
+                counter: TokenCounter = service.check_model(chat.model).counter
                 result = await counter.count_chat(
                     [m.model_dump(exclude_none=True, exclude_unset=True) for m in chat.messages],
                     chat.tools,
@@ -148,7 +147,7 @@ def router(limits: Limits) -> APIRouter:
                 )
             else:
                 prompt = parse_body(TokenizePromptRequest, raw)
-                service.check_model(prompt.model)
+                counter = service.check_model(prompt.model).counter
                 result = await counter.count_prompt(
                     prompt.prompt,
                     add_special_tokens=prompt.add_special_tokens,

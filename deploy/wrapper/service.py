@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from http import HTTPStatus
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -32,6 +31,7 @@ from ..gateway.limiter import Ticket
 from ..metrics import Metrics
 from ..protocol import BatchRequest, ChatCompletionRequest, ChatRequest
 from .handlers import ClientGone, InvalidRequest, engine_error_response
+from .models import ModelRegistry, ServedModel
 from .streaming import DONE, END, HEARTBEAT, KEEP_ALIVE, PumpedStream, StreamPump, sse, sse_stream
 from .tool_stream import ToolCallAssembler, wants_tool_assembly
 
@@ -43,19 +43,21 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class InferenceService:
-    """One per app: the transport, the settings and the metrics the inference routes share."""
+    """One per app: the served models, the settings and the metrics the routes share."""
 
     def __init__(
         self,
-        transport: EngineTransport,
+        models: ModelRegistry,
         settings: Settings,
         metrics: Metrics,
         gateway: Gateway,
         cold: ColdRouter | None = None,
     ) -> None:
-        self.transport, self.settings, self.metrics = transport, settings, metrics
+        self.models, self.settings, self.metrics = models, settings, metrics
         self.gateway, self.cold = gateway, cold
-        self.model_name = transport.model_name
+        self.transport = models.default.transport
+        """The default model's transport (the seed's routes, ``/status``)."""
+        self.model_name = models.default.name
         self.draining = False
         self._in_flight = 0
         self._streams: set[StreamPump] = set()
@@ -94,13 +96,9 @@ class InferenceService:
 
     # -- preparing a request ---------------------------------------------------------------------
 
-    def check_model(self, model: str | None, param: str = "model") -> None:
-        if model not in (None, "", self.model_name):
-            raise InvalidRequest(
-                f"model {model!r} is not served here; this service serves {self.model_name!r}",
-                param,
-                HTTPStatus.NOT_FOUND,
-            )
+    def check_model(self, model: str | None, param: str = "model") -> ServedModel:
+        """The served model ``model`` names (404 listing what is served, when none)."""
+        return self.models.resolve(model, param)[0]
 
     def _with_default_max_tokens(self, body: dict[str, Any]) -> dict[str, Any]:
         default = self.settings.default_max_tokens
@@ -109,11 +107,12 @@ class InferenceService:
         return body
 
     def engine_body(self, req: ChatCompletionRequest, param_prefix: str = "") -> dict[str, Any]:
-        """vLLM's body for an OpenAI request (after the model check)."""
-        self.check_model(req.model, f"{param_prefix}model")
+        """vLLM's body for an OpenAI request (after the model check): ``model`` is the name the
+        routed engine knows (a model's, or an adapter's on its base)."""
+        _, name = self.models.resolve(req.model, f"{param_prefix}model")
         if req.model_extra:
             _check_integers(req.model_extra, param_prefix)
-        return self._with_default_max_tokens(req.to_engine(self.model_name))
+        return self._with_default_max_tokens(req.to_engine(name))
 
     def seed_body(self, req: ChatRequest) -> dict[str, Any]:
         """vLLM's body for the seed's ``/chat`` request."""
@@ -128,7 +127,10 @@ class InferenceService:
         started: float,
         cache: str = "bypass",
         served_by: str = "engine",
+        settings: Settings | None = None,
     ) -> dict[str, Any]:
+        """What the answer reports of its call; ``settings``: the served model's (its price)."""
+        priced = settings or self.settings
         engine_s = time.perf_counter() - started - facts.queue_wait_s
         # At the configured GPU price: what this request would cost on the GPU tier (the
         # fallback's own price is not known here).
@@ -143,8 +145,8 @@ class InferenceService:
             "cost": request_cost(
                 gpu_s,
                 facts.queue_wait_s if facts.cold_start else 0.0,
-                self.settings.gpu_price_per_hour,
-                self.settings.gpu_count,
+                priced.gpu_price_per_hour,
+                priced.gpu_count,
             ),
         }
 
@@ -169,11 +171,15 @@ class InferenceService:
     def _lookup(self, request: Request, caller: KeyRecord, body: dict[str, Any]) -> CacheLookup:
         return self.gateway.lookup(caller, body, request.headers.get("cache-control", ""))
 
-    async def _pick(self, request: Request) -> EngineTransport:
+    def route(self, body: dict[str, Any]) -> ServedModel:
+        """The served model an engine body goes to (its ``model`` was resolved already)."""
+        return self.models.resolve(body.get("model"))[0]
+
+    async def _pick(self, request: Request, engine: EngineTransport) -> EngineTransport:
         """The engine, or the cold fallback while the engine is cold (by its policy)."""
         if self.cold is None:
-            return self.transport
-        return await self.cold.pick(request.headers)
+            return engine
+        return await self.cold.pick(engine, request.headers)
 
     def _served(
         self, caller: KeyRecord, usage: dict | None, meta: dict[str, Any], model: str | None = None
@@ -199,19 +205,22 @@ class InferenceService:
             self._hit(caller, lookup.hit)
             return lookup.hit, self.hit_meta(request)
         ticket = self.gateway.admit(caller, [body])
+        served = self.route(body)
         started = time.perf_counter()
         try:
             with self._tracked():
-                transport = await self._pick(request)
+                transport = await self._pick(request, served.transport)
                 reply = await cancel_on_disconnect(request, transport.chat(body))
         except BaseException:
             ticket.settle(None)
             raise
-        served_by = "engine" if transport is self.transport else "fallback"
+        by_engine = transport is served.transport
         cache = "miss" if lookup.store else "bypass"
-        meta = self.meta(request, reply.facts or Facts(), started, cache, served_by)
+        meta = self.meta(request, reply.facts or Facts(), started, cache,
+                         "engine" if by_engine else "fallback", served.settings)  # fmt: skip
         # The books (limits settled, ledger, metrics, cache): once the answer is on its way.
-        self.gateway.later(self._book, caller, ticket, reply.body, meta, transport, lookup)
+        model = body.get("model") if by_engine else transport.model_name
+        self.gateway.later(self._book, caller, ticket, reply.body, meta, model, by_engine, lookup)
         return reply.body, meta
 
     def _book(
@@ -220,14 +229,15 @@ class InferenceService:
         ticket: Ticket,
         answer: dict[str, Any],
         meta: dict[str, Any],
-        transport: EngineTransport,
+        model: str | None,
+        by_engine: bool,
         lookup: CacheLookup,
     ) -> None:
         usage = answer.get("usage")
         ticket.settle(_tokens(usage))
-        self._served(caller, usage, meta, transport.model_name)
+        self._served(caller, usage, meta, model)
         # Only the engine's answers are kept: a fallback's would outlive the cold start.
-        if lookup.store and transport is self.transport and self.gateway.cache is not None:
+        if lookup.store and by_engine and self.gateway.cache is not None:
             self.gateway.cache.put(lookup.key or "", answer)
 
     async def completion_response(self, request: Request, body: dict[str, Any]) -> Response:
@@ -242,27 +252,40 @@ class InferenceService:
         The whole batch is admitted (or refused) at once; it does not use the cache."""
         caller: KeyRecord = request.state.caller
         bodies = [self.engine_body(r, f"requests.{i}.") for i, r in enumerate(req.requests)]
+        served_model = self._batch_model(bodies)
         ticket = self.gateway.admit(caller, bodies)
         started = time.perf_counter()
         try:
             with self._tracked():
                 reply = await cancel_on_disconnect(
-                    request, self.transport.batch(bodies, req.max_concurrency)
+                    request, served_model.transport.batch(bodies, req.max_concurrency)
                 )
         except BaseException:
             ticket.settle(None)
             raise
-        meta = self.meta(request, reply.facts or Facts(), started)
+        meta = self.meta(request, reply.facts or Facts(), started, settings=served_model.settings)
         items = self._items(reply.body, meta)
         served = [item["response"] for item in items if "response" in item]
         usage = _sum_usage(r.get("usage") for r in served)
         ticket.settle(_tokens(usage))
-        self.gateway.record(caller, self.model_name, usage, meta, requests=len(served))
+        self.gateway.record(caller, served_model.name, usage, meta, requests=len(served))
         self.metrics.count_usage(usage, caller.name)
         for _ in served:
             self.metrics.count_key(caller.name, "served")
         return {"object": "batch.chat.completion", "results": items,
                 "vllm_autoscale": meta}, meta  # fmt: skip
+
+    def _batch_model(self, bodies: list[dict[str, Any]]) -> ServedModel:
+        """One batch is one engine call: its requests name one model (or its adapters)."""
+        first = self.route(bodies[0])
+        for i, body in enumerate(bodies[1:], start=1):
+            if self.route(body) is not first:
+                raise InvalidRequest(
+                    f"a batch goes to one model: requests.{i}.model names another than "
+                    f"requests.0.model ({first.name!r}); send one batch per model",
+                    f"requests.{i}.model",
+                )
+        return first
 
     def _items(self, results: BatchResults, meta: dict[str, Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -290,9 +313,10 @@ class InferenceService:
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         self._admit()
         ticket = self.gateway.admit(caller, [body], stream=True)
+        served = self.route(body)
         started = time.perf_counter()
         try:
-            transport = await self._pick(request)
+            transport = await self._pick(request, served.transport)
         except BaseException:
             ticket.settle(None)
             raise
@@ -309,7 +333,7 @@ class InferenceService:
             if isinstance(exc, EngineError):  # keeps its HTTP status: nothing was sent yet
                 return engine_error_response(exc)
             raise
-        run = _StreamRun(caller, ticket, started, wants_usage, lookup, transport, self.transport)
+        run = _StreamRun(caller, ticket, started, wants_usage, lookup, transport, served, body)
         # Tool calls go out whole (see tool_stream.py); a stream without tools is not touched.
         run.tools = ToolCallAssembler() if wants_tool_assembly(body) else None
         cold = await self._cold(first, transport)
@@ -372,7 +396,8 @@ class InferenceService:
                     self.metrics.ttft.observe(time.perf_counter() - run.started)
                     first_token = False
                 if chunk.get("usage") and not chunk.get("choices"):
-                    meta = self.meta(request, facts, run.started, run.cache, run.served_by)
+                    meta = self.meta(request, facts, run.started, run.cache, run.served_by,
+                                     run.settings)  # fmt: skip
                     run.ticket.settle(_tokens(chunk["usage"]))
                     self._served(run.caller, chunk["usage"], meta, run.model)
                     if run.wants_usage:
@@ -400,13 +425,16 @@ class _StreamRun:
         wants_usage: bool,
         lookup: CacheLookup,
         transport: EngineTransport,
-        engine: EngineTransport,
+        served: ServedModel,
+        body: dict[str, Any],
     ) -> None:
         self.caller, self.ticket, self.started = caller, ticket, started
         self.wants_usage, self.lookup = wants_usage, lookup
         self.tools: ToolCallAssembler | None = None
-        self.model = transport.model_name
-        self.served_by = "engine" if transport is engine else "fallback"
+        by_engine = transport is served.transport
+        self.served_by = "engine" if by_engine else "fallback"
+        self.model = body.get("model") if by_engine else transport.model_name
+        self.settings = served.settings
         # Only the engine's answers are kept: a fallback's would outlive the cold start.
         keep = lookup.store and self.served_by == "engine"
         self.cache = "miss" if lookup.store else "bypass"

@@ -1,0 +1,63 @@
+"""LoRA adapters at run time (admin): ``POST /v1/adapters`` loads one on a served model's
+engine, ``DELETE /v1/adapters/{name}`` unloads it. Neither starts a cold engine: the
+transport remembers the adapter and the next start serves it."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from .auth import Admin
+from .handlers import InvalidRequest
+from .models import ModelRegistry
+from .responses import AUTH_ERRORS
+
+__all__ = ["NewAdapter", "router"]
+
+router = APIRouter(responses={**AUTH_ERRORS, 403: AUTH_ERRORS[401]})
+
+
+class NewAdapter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,127}$")
+    """What requests will say in ``model``."""
+    path: str = Field(min_length=1)
+    """Where the engine reads it: a folder it can see (locally, or on the models Volume)."""
+    base: str | None = None
+    """The served model it adapts (default: the default model)."""
+
+
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.models  # type: ignore[no-any-return]
+
+
+@router.post("/v1/adapters", status_code=HTTPStatus.CREATED)
+async def load_adapter(request: Request, new: NewAdapter, _: Admin) -> dict[str, Any]:
+    registry = _registry(request)
+    if new.name in registry.names():
+        raise InvalidRequest(f"{new.name!r} is served already", "name", HTTPStatus.CONFLICT)
+    served, _name = registry.resolve(new.base, "base")
+    if served.name != (new.base or served.name):  # an adapter is not a base
+        raise InvalidRequest(f"{new.base!r} is an adapter, not a model", "base")
+    load = getattr(served.transport, "load_adapter", None)
+    if load is None:
+        raise InvalidRequest(f"model {served.name!r} cannot load adapters here", "base")
+    await load(new.name, new.path)
+    registry.add_adapter(new.name, served.name, new.path)
+    return {"id": new.name, "object": "model", "parent": served.name, "root": new.path}
+
+
+@router.delete("/v1/adapters/{name}", status_code=HTTPStatus.NO_CONTENT)
+async def unload_adapter(request: Request, name: str, _: Admin) -> Response:
+    registry = _registry(request)
+    if name not in registry.adapters:
+        raise InvalidRequest(f"no adapter named {name!r}", "name", HTTPStatus.NOT_FOUND)
+    served = registry.models[registry.adapters[name][0]]
+    await served.transport.unload_adapter(name)  # type: ignore[attr-defined]
+    registry.remove_adapter(name)
+    return Response(status_code=HTTPStatus.NO_CONTENT)
