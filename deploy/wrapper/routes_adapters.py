@@ -43,10 +43,12 @@ async def load_adapter(request: Request, new: NewAdapter, _: Admin) -> dict[str,
         raise InvalidRequest(f"{new.name!r} is served already", "name", HTTPStatus.CONFLICT)
     served, _name = registry.resolve(new.base, "base")
     if served.name != (new.base or served.name):  # an adapter is not a base
-        raise InvalidRequest(f"{new.base!r} is an adapter, not a model", "base")
+        raise InvalidRequest(f"{new.base!r} is an adapter, not a model", "base",
+                             HTTPStatus.BAD_REQUEST)  # fmt: skip
     load = getattr(served.transport, "load_adapter", None)
     if load is None:
-        raise InvalidRequest(f"model {served.name!r} cannot load adapters here", "base")
+        raise InvalidRequest(f"model {served.name!r} cannot load adapters here", "base",
+                             HTTPStatus.BAD_REQUEST)  # fmt: skip
     await load(new.name, new.path)
     registry.add_adapter(new.name, served.name, new.path)
     return {"id": new.name, "object": "model", "parent": served.name, "root": new.path}

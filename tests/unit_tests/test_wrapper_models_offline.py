@@ -1,0 +1,170 @@
+"""Several models behind one wrapper, over fake transports: routing by name (adapters to their
+base), the model list without waking anything, status per model, batches per model, warm-up
+per model, per-model prices, and adapters loaded and unloaded at run time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from deploy.wrapper import create_app
+from tests.unit_tests.wrapper_fake import (
+    FakeTransport,
+    assert_error,
+    chunk,
+    client_for,
+    completion,
+    make_settings,
+    sse_data,
+    sse_events,
+)
+
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "hi"}]
+MODELS = [
+    {"name": "small", "gpu_price_per_hour": 1.0},
+    {"name": "big", "gpu_price_per_hour": 10.0, "adapters": {"tuned": "/adapters/tuned"}},
+]
+
+
+class LoraFake(FakeTransport):
+    """A fake transport whose engine takes adapters at run time."""
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__(model_name)
+        self.loaded: dict[str, str] = {}
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        self.loaded[name] = path
+
+    async def unload_adapter(self, name: str) -> None:
+        self.loaded.pop(name)
+
+
+def two_models() -> tuple[FastAPI, FakeTransport, LoraFake]:
+    small, big = FakeTransport("small"), LoraFake("big")
+    small.chat_result, big.chat_result = completion("from small"), completion("from big")
+    big.engine_status.state = "warm"
+    settings = make_settings(models=json.dumps(MODELS))
+    return create_app({"small": small, "big": big}, settings), small, big
+
+
+def ask(model: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"messages": MESSAGES, **({"model": model} if model else {}), **extra}
+
+
+async def test_the_model_field_routes_each_request_and_adapters_go_to_their_base() -> None:
+    app, small, big = two_models()
+    async with client_for(app) as client:
+        default = await client.post(CHAT, json=ask())
+        to_big = await client.post(CHAT, json=ask("big"))
+        to_adapter = await client.post(CHAT, json=ask("tuned"))
+    assert to_adapter.json()["choices"][0]["message"]["content"] == "from big"
+    assert default.json()["choices"][0]["message"]["content"] == "from small"
+    assert to_big.json()["choices"][0]["message"]["content"] == "from big"
+    assert [b["model"] for b in small.chat_bodies] == ["small"]
+    assert [b["model"] for b in big.chat_bodies] == ["big", "tuned"]  # vLLM serves the adapter
+
+
+async def test_an_unknown_name_is_404_listing_every_name_served() -> None:
+    app, small, big = two_models()
+    async with client_for(app) as client:
+        response = await client.post(CHAT, json=ask("huge"))
+    error = assert_error(response, 404, param="model")
+    for name in ("small", "big", "tuned"):
+        assert repr(name) in error["message"]
+    assert small.chat_bodies == big.chat_bodies == []
+
+
+async def test_the_model_list_shows_each_state_and_adapters_without_waking_anything() -> None:
+    app, small, big = two_models()
+    async with client_for(app) as client:
+        cards = {c["id"]: c for c in (await client.get("/v1/models")).json()["data"]}
+    assert set(cards) == {"small", "big", "tuned"}
+    assert cards["small"]["state"] == "cold" and cards["big"]["state"] == "warm"
+    assert cards["tuned"]["parent"] == "big" and cards["tuned"]["root"] == "/adapters/tuned"
+    assert small.status_calls == big.status_calls == 0 and small.warmups == big.warmups == 0
+
+
+async def test_status_and_warmup_per_model() -> None:
+    app, small, big = two_models()
+    async with client_for(app) as client:
+        status = (await client.get("/status")).json()
+        warmed = await client.post("/warmup", params={"model": "big"})
+    assert status["model"] == "small" and status["state"] == "cold"  # the default, as before
+    assert {n: s["state"] for n, s in status["models"].items()} == {"small": "cold", "big": "warm"}
+    assert warmed.status_code == 202 and warmed.json()["model"] == "big"
+    assert (small.warmups, big.warmups) == (0, 1)
+
+
+async def test_a_stream_goes_to_its_model() -> None:
+    app, small, big = two_models()
+    big.stream_chunks = [chunk("b"), chunk("ig")]
+    async with client_for(app) as client:
+        response = await client.post(CHAT, json=ask("big", stream=True))
+    events = sse_data(sse_events(response.text))
+    assert "".join(e["choices"][0]["delta"]["content"] for e in events[:-1]) == "big"
+    assert len(big.stream_bodies) == 1 and small.stream_bodies == []
+
+
+async def test_a_batch_goes_to_one_model() -> None:
+    app, small, big = two_models()
+    async with client_for(app) as client:
+        mixed = await client.post(CHAT + "/batch",
+                                  json={"requests": [ask("big"), ask("small")]})  # fmt: skip
+        ok = await client.post(CHAT + "/batch", json={"requests": [ask("big"), ask("tuned")]})
+    assert_error(mixed, 422, param="requests.1.model")
+    assert ok.status_code == 200 and len(big.batch_calls) == 1 and small.batch_calls == []
+
+
+async def test_each_answer_is_priced_at_its_model_s_gpu_price() -> None:
+    app, small, big = two_models()
+    for fake in (small, big):  # long enough for the rounded GPU seconds to tell the prices
+        answer = fake.chat
+
+        async def slow(body: dict[str, Any], answer: Any = answer) -> Any:
+            await asyncio.sleep(0.2)
+            return await answer(body)
+
+        fake.chat = slow  # type: ignore[method-assign]
+    async with client_for(app) as client:
+        costs = {m: (await client.post(CHAT, json=ask(m))).json()["vllm_autoscale"]["cost"]
+                 for m in ("small", "big")}  # fmt: skip
+    for model, price in (("small", 1.0), ("big", 10.0)):
+        cost = costs[model]
+        assert cost["usd"] == pytest.approx(cost["gpu_seconds"] * price / 3600, rel=1e-3)
+
+
+async def test_the_ledger_has_a_row_per_model_and_adapter() -> None:
+    app, _, _ = two_models()
+    async with client_for(app) as client:
+        for model in ("small", "big", "tuned", "tuned"):
+            await client.post(CHAT, json=ask(model))
+        rows = (await client.get("/v1/usage")).json()["data"]
+    assert {r["model"]: r["requests"] for r in rows} == {"small": 1, "big": 1, "tuned": 2}
+
+
+async def test_an_admin_loads_and_unloads_an_adapter_at_run_time() -> None:
+    app, _, big = two_models()
+    async with client_for(app) as client:
+        loaded = await client.post("/v1/adapters",
+                                   json={"name": "t2", "base": "big", "path": "/a/t2"})  # fmt: skip
+        assert loaded.status_code == 201 and loaded.json()["parent"] == "big"
+        assert big.loaded == {"t2": "/a/t2"}
+        assert (await client.post(CHAT, json=ask("t2"))).status_code == 200
+        assert big.chat_bodies[-1]["model"] == "t2"
+        assert (await client.delete("/v1/adapters/t2")).status_code == 204
+        assert big.loaded == {}
+        assert_error(await client.post(CHAT, json=ask("t2")), 404, param="model")
+        assert_error(await client.delete("/v1/adapters/t2"), 404, param="name")
+        assert_error(await client.post("/v1/adapters", json={"name": "tuned", "path": "/x"}),
+                     409, param="name")  # fmt: skip
+        no_lora = await client.post("/v1/adapters", json={"name": "t3", "path": "/x"})
+        assert_error(no_lora, 400, param="base")  # the default model's transport cannot
+        unknown = await client.post("/v1/adapters", json={"name": "t4", "path": "/x",
+                                                          "base": "nope"})  # fmt: skip
+        assert_error(unknown, 404, param="base")
