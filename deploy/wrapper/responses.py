@@ -6,12 +6,20 @@ from typing import Any
 
 from ..protocol import ErrorResponse
 
-__all__ = ["AUTH_ERRORS", "INFERENCE_ERRORS", "json_body"]
+__all__ = ["ADMIN_ERRORS", "AUTH_ERRORS", "INFERENCE_ERRORS", "errors", "json_body"]
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (401, 403)
+}
 INFERENCE_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429, 503)
 }
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """More documented error answers for one route."""
+    return {status: {"model": ErrorResponse} for status in statuses}
 
 
 def json_body(model: type) -> dict[str, Any]:

@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from .auth import Admin
 from .handlers import InvalidRequest
 from .models import ModelRegistry
-from .responses import AUTH_ERRORS
+from .responses import ADMIN_ERRORS, errors
 
 __all__ = ["NewAdapter", "router"]
 
-router = APIRouter(responses={**AUTH_ERRORS, 403: AUTH_ERRORS[401]})
+router = APIRouter(responses=ADMIN_ERRORS)
 
 
 class NewAdapter(BaseModel):
@@ -36,7 +36,9 @@ def _registry(request: Request) -> ModelRegistry:
     return request.app.state.models  # type: ignore[no-any-return]
 
 
-@router.post("/v1/adapters", status_code=HTTPStatus.CREATED)
+@router.post(
+    "/v1/adapters", status_code=HTTPStatus.CREATED, responses=errors(400, 404, 409, 422, 503)
+)
 async def load_adapter(request: Request, new: NewAdapter, _: Admin) -> dict[str, Any]:
     registry = _registry(request)
     if new.name in registry.names():
@@ -54,7 +56,8 @@ async def load_adapter(request: Request, new: NewAdapter, _: Admin) -> dict[str,
     return {"id": new.name, "object": "model", "parent": served.name, "root": new.path}
 
 
-@router.delete("/v1/adapters/{name}", status_code=HTTPStatus.NO_CONTENT)
+@router.delete("/v1/adapters/{name}", status_code=HTTPStatus.NO_CONTENT,
+               responses=errors(400, 404, 503))  # fmt: skip
 async def unload_adapter(request: Request, name: str, _: Admin) -> Response:
     registry = _registry(request)
     if name not in registry.adapters:

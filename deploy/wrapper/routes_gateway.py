@@ -16,11 +16,11 @@ from ..gateway import Gateway
 from ..gateway.ledger import total
 from .auth import Admin, Caller
 from .handlers import Forbidden, InvalidRequest
-from .responses import AUTH_ERRORS
+from .responses import ADMIN_ERRORS, errors
 
 __all__ = ["NewKey", "router"]
 
-router = APIRouter(responses={**AUTH_ERRORS, 403: AUTH_ERRORS[401]})
+router = APIRouter(responses=ADMIN_ERRORS)
 
 
 def _gateway(request: Request) -> Gateway:
@@ -36,7 +36,7 @@ def _date(value: str | None, param: str) -> str | None:
         raise InvalidRequest(f"{param} must be a date, YYYY-MM-DD", param) from None
 
 
-@router.get("/v1/usage")
+@router.get("/v1/usage", responses=errors(422))
 async def usage(
     request: Request,
     caller: Caller,
@@ -87,7 +87,7 @@ async def list_keys(request: Request, _: Admin) -> dict[str, Any]:
     return {"object": "list", "data": [k.public() for k in _gateway(request).keys.names()]}
 
 
-@router.post("/v1/keys", status_code=HTTPStatus.CREATED)
+@router.post("/v1/keys", status_code=HTTPStatus.CREATED, responses=errors(409, 422))
 async def create_key(request: Request, new: NewKey, _: Admin) -> dict[str, Any]:
     """A new key, kept (hashed) in the state store: its secret is in this answer only."""
     gateway = _gateway(request)
@@ -99,7 +99,7 @@ async def create_key(request: Request, new: NewKey, _: Admin) -> dict[str, Any]:
     return {"key": token, **record.public()}
 
 
-@router.delete("/v1/keys/{name}", status_code=HTTPStatus.NO_CONTENT)
+@router.delete("/v1/keys/{name}", status_code=HTTPStatus.NO_CONTENT, responses=errors(404, 409))
 async def revoke_key(request: Request, name: str, _: Admin) -> Response:
     """Revoke a key created here; other wrappers drop it within a sync interval."""
     gateway = _gateway(request)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse, Response
 
 from .auth import require_admin, require_api_key
-from .responses import AUTH_ERRORS
+from .responses import AUTH_ERRORS, errors
 from .service import InferenceService, Service
 
 __all__ = ["router"]
@@ -43,7 +43,7 @@ async def status(service: Service) -> dict[str, Any]:
     return await _status(service)
 
 
-@router.post("/warmup", status_code=HTTPStatus.ACCEPTED)
+@router.post("/warmup", status_code=HTTPStatus.ACCEPTED, responses=errors(404))
 async def warmup(service: Service, model: str | None = None) -> dict[str, Any]:
     """Start a model's engine (``?model=``; default: the default model) and return at once."""
     served = service.check_model(model)
