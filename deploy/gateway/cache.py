@@ -15,6 +15,7 @@ chunks are put together into the completion a plain request would have had.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,9 +24,19 @@ from typing import Any
 import orjson
 from cachetools import TTLCache
 
-__all__ = ["CacheLookup", "ResponseCache", "StreamRecorder", "replay_chunks"]
+__all__ = ["CacheLookup", "ResponseCache", "StreamRecorder", "canonical_json", "replay_chunks"]
 
 _NOT_IN_KEY = frozenset({"stream", "stream_options", "user"})
+
+
+def canonical_json(obj: Any) -> bytes:
+    """``obj`` as JSON with sorted keys. orjson, or, for what it refuses (integers past 64
+    bits, lone surrogates: the engine judges those, so they reach here), the standard
+    library's ASCII-escaped output."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return json.dumps(obj, sort_keys=True, default=str).encode()
 
 
 @dataclass(frozen=True)
@@ -57,9 +68,7 @@ class ResponseCache:
     def key_for(self, caller: str, body: dict[str, Any]) -> str:
         normalized = {k: v for k, v in body.items() if k not in _NOT_IN_KEY}
         scope = "*" if self.shared else caller
-        return hashlib.sha256(
-            orjson.dumps([scope, normalized], option=orjson.OPT_SORT_KEYS)
-        ).hexdigest()
+        return hashlib.sha256(canonical_json([scope, normalized])).hexdigest()
 
     def lookup(self, caller: str, body: dict[str, Any], cache_control: str = "") -> CacheLookup:
         if not self.cacheable(body):

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from ..config import Settings
-from .cache import CacheLookup, ResponseCache
+from .cache import CacheLookup, ResponseCache, canonical_json
 from .keys import KeyRecord, KeyRing, load_file, new_key, parse_entries
 from .ledger import Ledger, seconds_to_next_month
 from .limiter import LimitExceeded, RateLimits, Ticket
@@ -147,7 +147,7 @@ class Gateway:
 
     def reserve(self, body: dict[str, Any]) -> int:
         """Tokens to hold for a request: its prompt (about 4 bytes a token) and its output cap."""
-        prompt = len(orjson.dumps(body.get("messages") or [])) // 4 + 1
+        prompt = len(canonical_json(body.get("messages") or [])) // 4 + 1
         output = body.get("max_tokens") or body.get("max_completion_tokens")
         return prompt + int(output or self.settings.default_max_tokens or _RESERVE_DEFAULT)
 

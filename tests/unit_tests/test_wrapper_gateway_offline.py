@@ -389,3 +389,16 @@ async def test_usage_adds_up_every_container_s_rows() -> None:
     async with as_key(one, "bob") as client:
         usage = (await client.get("/v1/usage")).json()
     assert usage["totals"]["requests"] == 3 and len(usage["data"]) == 1
+
+
+async def test_a_body_orjson_cannot_encode_is_still_keyed_and_reserved() -> None:
+    """An integer past 64 bits inside a message (vLLM judges it, as before the gateway): the
+    cache key and the token reservation must not turn it into a 500."""
+    app, fake = gateway_app()
+    odd = {"messages": [{"role": "user", "content": "hi", "x": -(2**84)}], "seed": 3,
+           "max_tokens": 4}  # fmt: skip
+    for name in ("bob", "carol"):  # carol has a tpm limit: her request is reserved
+        response = await chat(app, name, odd)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-cache"] == "miss"
+    assert len(fake.chat_bodies) == 2
