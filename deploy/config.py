@@ -486,6 +486,11 @@ class Settings(BaseSettings):
             # A snapshot holds the engine asleep; a smaller share leaves room for the
             # restore (Modal's own vLLM snapshot example does the same).
             gpu_memory_utilization=0.80 if self.gpu_snapshot else 0.90,
+            # Adapter paths as given (local folders; the Modal side resolves Hub ids and
+            # Volume paths before it starts the engine).
+            lora_modules=dict(self.adapters),
+            enable_lora=bool(self.adapters),
+            max_lora_rank=self.max_lora_rank,
             startup_timeout=float(self.startup_timeout),
             env_exclude=self.env_names(),
         )

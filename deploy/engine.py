@@ -99,6 +99,14 @@ class EngineConfig:
     """CPU only: KV cache size (VLLM_CPU_KVCACHE_SPACE)."""
     enable_sleep_mode: bool = False
     """Let vLLM offload weights on /sleep (used with GPU memory snapshots)."""
+    lora_modules: dict[str, str] = field(default_factory=dict)
+    """LoRA adapters served from the start: name (what requests say in ``"model"``) -> a
+    local folder (or a Hub repo id, where vLLM may download)."""
+    max_lora_rank: int = 16
+    """The largest adapter rank vLLM reserves room for (``--max-lora-rank``)."""
+    enable_lora: bool = False
+    """Serve LoRA adapters, and let ``load_adapter`` add more at run time. Set by itself when
+    ``lora_modules`` names any; set it alone to start with none and load them later."""
     extra_args: tuple[str, ...] = ()
     startup_timeout: float = 600.0
     log_file: str | None = None
@@ -107,6 +115,10 @@ class EngineConfig:
     env_exclude: frozenset[str] = frozenset()
     """Variables of this process that vLLM must not see (the service's own ``VLLM_*``
     settings, which vLLM would warn about as unknown)."""
+
+    def __post_init__(self) -> None:
+        if self.lora_modules and not self.enable_lora:
+            object.__setattr__(self, "enable_lora", True)
 
     def command(self, port: int) -> list[str]:
         """The server's command line (``python -m``: the ``vllm`` script breaks on vllm-cpu)."""
@@ -140,6 +152,10 @@ class EngineConfig:
             cmd += ["--reasoning-parser", self.reasoning_parser]
         if self.enable_sleep_mode:
             cmd.append("--enable-sleep-mode")
+        if self.enable_lora:
+            cmd += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank)]
+            if self.lora_modules:
+                cmd += ["--lora-modules", *(f"{n}={p}" for n, p in self.lora_modules.items())]
         cmd += list(self.extra_args)
         return cmd
 
@@ -159,6 +175,9 @@ class EngineConfig:
             env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         if self.enable_sleep_mode:
             env["VLLM_SERVER_DEV_MODE"] = "1"  # exposes /sleep and /wake_up
+        if self.enable_lora:
+            # exposes /v1/load_lora_adapter and /v1/unload_lora_adapter
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         env.update(self.extra_env)
         return env
 
@@ -435,6 +454,34 @@ class VLLMEngine:
         """Load the weights back after ``sleep`` (a container restored from a snapshot)."""
         async with self._client().post("/wake_up") as resp:
             await self._raise_for_status(resp)
+
+    async def load_adapter(self, name: str, path: str, *, replace: bool = False) -> None:
+        """Load a LoRA adapter into the running server (needs ``enable_lora``); requests name
+        it in ``"model"`` at once. ``replace``: swap the weights of an adapter of that name
+        (else vLLM refuses a name it already serves). vLLM's refusals (a bad path, a rank
+        above ``max_lora_rank``) are ``EngineRequestError``s with its message."""
+        body: dict[str, Any] = {"lora_name": name, "lora_path": path}
+        if replace:
+            body["load_inplace"] = True
+        await self._post_admin("/v1/load_lora_adapter", body)
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving a LoRA adapter; one vLLM does not know is an ``EngineRequestError``
+        with status 404."""
+        await self._post_admin("/v1/unload_lora_adapter", {"lora_name": name})
+
+    async def _post_admin(self, route: str, body: dict[str, Any]) -> None:
+        self._check_alive()
+        try:
+            async with self._client().post(route, json=body) as resp:
+                await self._raise_for_status(resp)
+                await resp.read()
+        except EngineError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            raise EngineUnavailable(
+                f"lost the engine during {route}: {exc!r}", retry_after=5
+            ) from exc
 
     async def health(self) -> bool:
         if not self.is_running():

@@ -6,33 +6,38 @@ Each answer is a ``Reply`` (``deploy/contract.py``) whose facts say which contai
 it, when that container began serving and how long the engine took; the wrapper's
 ``ModalTransport`` turns them into cold-start and queue-wait facts.
 
-A container's life: fetch the weights (``HF_TOKEN`` stays in this process; vLLM gets a local
-folder and no secret), start vLLM, serve. With GPU memory snapshots, the part before the
-snapshot also sends a few warm-up requests and puts vLLM to sleep; each restored container
-wakes it and only then takes its own id and boot time, so restored containers are told apart.
+A container's life: fetch the weights and the declared LoRA adapters (``HF_TOKEN`` stays in
+this process; vLLM gets local folders and no secret), start vLLM, serve. Adapters loaded at
+run time (``load_adapter``) are fetched the same way, by the container that gets the call.
+With GPU memory snapshots, the part before the snapshot also sends a few warm-up requests and
+puts vLLM to sleep; each restored container wakes it and only then takes its own id and boot
+time, so restored containers are told apart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .contract import BatchResults, Facts, Reply
 from .engine import EngineConfig, VLLMEngine
-from .errors import EngineStartError, EngineUnavailable
+from .errors import EngineRequestError, EngineStartError, EngineUnavailable
 
-__all__ = ["InferenceServer", "fetch_weights"]
+__all__ = ["InferenceServer", "fetch_adapter", "fetch_adapters", "fetch_weights"]
 
 log = logging.getLogger("vllm_autoscale.inference")
 
 # The Hub repos of instruct models also carry the original checkpoint (Llama 3.1 8B: another
 # 16 GB in original/*.pth) and other formats; vLLM loads the safetensors.
 _NOT_NEEDED = ["original/*", "*.pth", "*.pt", "*.bin", "*.gguf", "*.msgpack", "*.h5", "*.onnx"]
+# An adapter repo is small; only intermediate training checkpoints are worth skipping.
+_ADAPTER_NOT_NEEDED = ["checkpoint-*/*", "*.gguf", "*.onnx"]
 _WARMUP_BODY = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
 
 
@@ -56,6 +61,39 @@ def fetch_weights(model: str, revision: str | None = None) -> str:
     return path
 
 
+def fetch_adapter(source: str) -> str:
+    """A local folder with a LoRA adapter: ``source`` itself when it is a path (one starting
+    with ``/`` is used as is: on Modal, a folder on a mounted Volume), else the Hub repo's
+    snapshot in the Hugging Face cache (``org/name``), downloaded on first use. A source that
+    cannot be had is an ``EngineRequestError`` (404) with the reason."""
+    if source.startswith("/") or Path(source).is_dir():
+        return source
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(source, ignore_patterns=_ADAPTER_NOT_NEEDED)
+    except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError) as exc:
+        raise EngineRequestError(
+            f"no LoRA adapter at {source!r}: not a folder, and not downloadable from Hugging "
+            f"Face ({exc}). A private or gated repo needs HF_TOKEN in the vllm-secrets Modal "
+            "Secret.",
+            status_code=404,
+            param="lora_path",
+        ) from exc
+    log.info("LoRA adapter %s ready at %s", source, path)
+    return path
+
+
+def fetch_adapters(adapters: Mapping[str, str]) -> dict[str, str]:
+    """Each adapter's local folder (``fetch_adapter``), by name; at start, a failure is the
+    container's start failing (``EngineStartError``), as for the weights."""
+    try:
+        return {name: fetch_adapter(source) for name, source in adapters.items()}
+    except EngineRequestError as exc:
+        raise EngineStartError(exc.message) from exc
+
+
 class InferenceServer:
     def __init__(
         self,
@@ -75,6 +113,9 @@ class InferenceServer:
         self.container_id = ""
         self.booted_at = 0.0
         self.served = 0
+        self.adapters: dict[str, str] = {}
+        """LoRA adapters this container's engine serves: name -> source (as declared or
+        given to ``load_adapter``: a path or a Hub repo id)."""
 
     def begin_serving(self) -> None:
         # Taken when this container starts serving: after a restore, not before the snapshot
@@ -91,8 +132,16 @@ class InferenceServer:
 
     async def _start_engine(self) -> None:
         model = fetch_weights(self.config.model, self.config.revision)
+        declared = dict(self.config.lora_modules)
+        adapters = fetch_adapters(declared)
+        changes: dict[str, Any] = {}
         if model != self.config.model:  # vLLM loads the local folder and never calls the Hub
-            self.engine.config = dataclasses.replace(self.config, model=model, revision=None)
+            changes |= {"model": model, "revision": None}
+        if adapters != declared:  # nor for an adapter
+            changes["lora_modules"] = adapters
+        if changes:
+            self.engine.config = dataclasses.replace(self.config, **changes)
+        self.adapters = declared
         await self.engine.start()
 
     async def start(self) -> None:
@@ -154,12 +203,49 @@ class InferenceServer:
         self.served += len(bodies)
         return Reply(results, self._facts(started))
 
+    def _require_lora(self) -> None:
+        if not self.config.enable_lora:
+            raise EngineRequestError(
+                f"{self.config.served_model_name} was started without LoRA: declare its "
+                "adapters (VLLM_MODELS' adapters) to serve any",
+                status_code=400,
+                param="lora_name",
+            )
+
+    async def load_adapter(self, name: str, source: str) -> dict[str, Any]:
+        """Serve a LoRA adapter under ``name`` on this container's engine from now on: a Hub
+        repo id is downloaded first (into the Hugging Face cache), a path is used as is. The
+        same name again with another source replaces its weights. Only this container
+        loads it; a container started later serves the declared adapters only."""
+        self._require_lora()
+        if self.adapters.get(name) != source:
+            path = await asyncio.to_thread(fetch_adapter, source)  # serving goes on meanwhile
+            await self.engine.load_adapter(name, path, replace=name in self.adapters)
+            self.adapters[name] = source
+            log.info("LoRA adapter %r loaded from %s", name, source)
+        return {"adapter": name, "source": source, "container": self.container_id}
+
+    async def unload_adapter(self, name: str) -> dict[str, Any]:
+        """Stop serving a LoRA adapter on this container's engine."""
+        self._require_lora()
+        if name not in self.adapters:
+            raise EngineRequestError(
+                f"this engine serves no LoRA adapter named {name!r}",
+                status_code=404,
+                param="lora_name",
+            )
+        await self.engine.unload_adapter(name)
+        del self.adapters[name]
+        log.info("LoRA adapter %r unloaded", name)
+        return {"adapter": name, "container": self.container_id}
+
     def status(self) -> dict[str, Any]:
         return {
             "container": self.container_id,
             "booted_at": self.booted_at,
             "served": self.served,
             "engine_running": self.engine.is_running(),
+            "adapters": sorted(self.adapters),
         }
 
     async def stop(self) -> None:

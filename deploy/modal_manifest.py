@@ -22,11 +22,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["ContainerManifest", "collect", "import_like_modal_deploy", "manifests"]
+__all__ = [
+    "ContainerManifest",
+    "app_functions",
+    "collect",
+    "import_like_modal_deploy",
+    "manifests",
+]
 
 APP_FILE = Path(__file__).with_name("modal_app.py")
-FUNCTIONS = ("wrapper", "VLLMInference", "apply_warm_schedule")
-"""The app's functions; ``apply_warm_schedule`` exists only with ``VLLM_WARM_SCHEDULE``."""
 BUILDER_VERSION = "2025.06"  # only shapes the generated Dockerfile lines, not what they install
 
 
@@ -108,21 +112,21 @@ def _image_parts(image: Any) -> tuple[dict[str, str], list[str], dict[str, str],
     return files, packages, env, base
 
 
-def _service_function(obj: Any) -> Any:
+def app_functions(module: ModuleType) -> dict[str, Any]:
+    """Every function the app in ``module`` (a loaded ``modal_app``) deploys, in the order it
+    defines them, by name: each GPU class (its service function, which runs all its methods:
+    ``VLLMInference`` and, with several models, ``VLLMInference_<model>``), ``wrapper``,
+    and ``apply_warm_schedule`` when a warm schedule is set."""
     from modal._utils.async_utils import synchronizer
 
-    fn = synchronizer._translate_in(obj)
-    return fn._get_class_service_function() if hasattr(fn, "_get_class_service_function") else fn
+    app = synchronizer._translate_in(module.app)
+    return {tag.removesuffix(".*"): fn for tag, fn in app._local_state.functions.items()}
 
 
 def manifests(module: ModuleType) -> dict[str, ContainerManifest]:
     """Each Modal function of ``module`` (a loaded ``modal_app``) and what its container gets."""
     out: dict[str, ContainerManifest] = {}
-    for name in FUNCTIONS:
-        obj = getattr(module, name, None)
-        if obj is None:
-            continue
-        fn = _service_function(obj)
+    for name, fn in app_functions(module).items():
         files, packages, env, base = _image_parts(fn._spec.image)
         for mount in fn._spec.mounts:  # the function's own module (modal's client is remote)
             if mount.is_local():

@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .contract import BatchResults, EngineState, EngineStatus, Facts, Reply
 from .engine import EngineConfig, VLLMEngine
-from .errors import EngineError, EngineStartError, EngineUnavailable, Overloaded
+from .errors import (
+    EngineError,
+    EngineRequestError,
+    EngineStartError,
+    EngineUnavailable,
+    Overloaded,
+)
 
 if TYPE_CHECKING:
     from .warm_schedule import WarmSchedule
@@ -73,6 +82,7 @@ class LocalTransport:
         self._in_flight = 0
         self._start_task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
+        self._adapter_lock: asyncio.Lock | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -250,6 +260,135 @@ class LocalTransport:
         self.state = "cold"
         await self.engine.aclose()
         await asyncio.to_thread(self.engine.stop)
+
+    # -- LoRA adapters -------------------------------------------------------------------------
+
+    def adapters(self) -> dict[str, str]:
+        """The LoRA adapters this model serves (name -> path): those it was configured with and
+        those loaded since, whether the engine is warm or cold."""
+        return dict(self.engine.config.lora_modules)
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Serve a LoRA adapter under ``name`` (requests say ``"model": name``).
+
+        It is remembered in the engine's config, so every later start (after a scale-down)
+        serves it from the start. A warm engine loads it at once; a cold one is not started
+        for it. Loading a name again with another path replaces its weights.
+        """
+        self._require_lora()
+        self._check_adapter(name, path)
+        async with self._adapters_locked():
+            known = self.engine.config.lora_modules.get(name)
+            if known == path:
+                return
+            if await self._warm_after_start():
+                async with self._admin_call():
+                    await self.engine.load_adapter(name, path, replace=known is not None)
+            self._set_adapters({**self.engine.config.lora_modules, name: path})
+            log.info("LoRA adapter %r loaded from %s", name, path)
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving a LoRA adapter, now and at every later start."""
+        self._require_lora()
+        async with self._adapters_locked():
+            modules = self.engine.config.lora_modules
+            if name not in modules:
+                raise EngineRequestError(
+                    f"the model {self.model_name} serves no LoRA adapter named {name!r}",
+                    status_code=404,
+                    param="lora_name",
+                )
+            if await self._warm_after_start():
+                try:
+                    async with self._admin_call():
+                        await self.engine.unload_adapter(name)
+                except EngineRequestError as exc:
+                    if exc.status_code != 404:  # vLLM no longer has it: forgetting it is all
+                        raise
+            self._set_adapters({k: v for k, v in modules.items() if k != name})
+            log.info("LoRA adapter %r unloaded", name)
+
+    def _require_lora(self) -> None:
+        if not self.engine.config.enable_lora:
+            raise EngineRequestError(
+                f"the model {self.model_name} was not started with LoRA: "
+                "set adapters or max_lora_rank for it",
+                status_code=400,
+            )
+
+    def _check_adapter(self, name: str, path: str) -> None:
+        """What can be checked without vLLM, so that a bad adapter remembered while the engine
+        is cold cannot break its next start (vLLM refuses to start on one)."""
+        if not name or not name.strip() or "=" in name:
+            raise EngineRequestError(
+                f"{name!r} is not a valid adapter name", status_code=400, param="lora_name"
+            )
+        if name == self.model_name:
+            raise EngineRequestError(
+                f"the adapter name {name!r} is the base model's own", status_code=400,
+                param="lora_name",
+            )  # fmt: skip
+        if not path:
+            raise EngineRequestError("no adapter path given", status_code=400, param="lora_path")
+        folder = Path(path).expanduser()
+        looks_local = folder.is_absolute() or path.startswith((".", "~"))
+        if not folder.exists():
+            if looks_local:
+                raise EngineRequestError(
+                    f"no LoRA adapter at {path}", status_code=404, param="lora_path"
+                )
+            return  # a Hub repo id: vLLM fetches it (where the network is allowed)
+        config = folder / "adapter_config.json"
+        if not config.is_file():
+            raise EngineRequestError(
+                f"{path} is not a LoRA adapter (no adapter_config.json)",
+                status_code=400, param="lora_path",
+            )  # fmt: skip
+        try:
+            rank = int(json.loads(config.read_text()).get("r") or 0)
+        except (OSError, ValueError, TypeError, AttributeError):
+            rank = 0  # vLLM judges it
+        limit = self.engine.config.max_lora_rank
+        if rank > limit:
+            raise EngineRequestError(
+                f"the adapter {name!r} has rank {rank}, above this model's max_lora_rank "
+                f"{limit}",
+                status_code=400, param="lora_path",
+            )  # fmt: skip
+
+    @contextlib.asynccontextmanager
+    async def _adapters_locked(self) -> AsyncIterator[None]:
+        if self._adapter_lock is None:  # created on the loop that uses it
+            self._adapter_lock = asyncio.Lock()
+        async with self._adapter_lock:
+            yield
+
+    async def _warm_after_start(self) -> bool:
+        """Whether the engine is warm, once a start in flight has ended: an engine launched
+        before an adapter was remembered must get it through the route."""
+        task = self._start_task
+        if task is not None and not task.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+        self._refresh_state()
+        return self.state == "warm"
+
+    @contextlib.asynccontextmanager
+    async def _admin_call(self) -> AsyncIterator[None]:
+        """A call to the engine that the idle timer must not cut short."""
+        self._in_flight += 1
+        try:
+            yield
+        except EngineUnavailable as exc:
+            await self._note_failure(exc)
+            raise
+        finally:
+            self._in_flight -= 1
+            self._last_activity = time.monotonic()
+
+    def _set_adapters(self, modules: dict[str, str]) -> None:
+        # enable_lora stays on with no adapters left: later loads still work.
+        self.engine.config = dataclasses.replace(self.engine.config, lora_modules=modules)
 
     # -- EngineTransport (deploy/contract.py) --------------------------------------------
 

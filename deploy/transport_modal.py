@@ -1,4 +1,5 @@
-"""The transport the wrapper uses on Modal: function calls to the ``VLLMInference`` GPU class.
+"""The transport the wrapper uses on Modal: function calls to one served model's GPU class
+(``VLLMInference``, or ``VLLMInference_<model>`` for the further models of ``VLLM_MODELS``).
 
 The GPU class's methods run ``deploy.inference.InferenceServer`` inside the container and
 answer with ``Reply`` objects (``deploy/contract.py``) that say which container served them;
@@ -6,6 +7,12 @@ this side only makes the calls (``.remote.aio``, ``.remote_gen.aio``), settles e
 facts (a container it has not seen, booted after the call was sent: a cold start), and keeps
 what the wrapper reports without waking a GPU: the class's container counts from Modal's
 stats, its own count of requests in flight, the last request time and the cold starts seen.
+
+LoRA adapters at run time (``load_adapter`` / ``unload_adapter``) are one call to the class
+too: with several GPU containers up, only the one that gets the call loads (or unloads) the
+adapter, and a container started later serves only the adapters declared in the settings
+(``VLLM_MODELS``' ``adapters``), which every container loads at start. Declare the adapters
+every container must serve; load at run time to try one out on a single container.
 
 It imports no engine code: the wrapper's container has no vLLM, aiohttp or subprocess use.
 """
@@ -18,7 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from .contract import BatchResults, EngineState, EngineStatus, Facts, Reply
-from .errors import EngineError, EngineUnavailable
+from .errors import EngineError, EngineRequestError, EngineUnavailable
 
 __all__ = ["ModalTransport"]
 
@@ -107,6 +114,32 @@ class ModalTransport:
             )
         self._settle(reply.facts, sent_at)
         return reply
+
+    async def load_adapter(self, name: str, path: str) -> dict[str, Any]:
+        """Load a LoRA adapter on one GPU container of the class (booting one if none is up):
+        ``path`` is a Hub repo id (downloaded there) or a path on a mounted Volume. Only that
+        container serves it (see the module's note)."""
+        method = self._adapter_method("load_adapter")
+        async with self._call():
+            return await method.remote.aio(name, path)  # type: ignore[no-any-return]
+
+    async def unload_adapter(self, name: str) -> dict[str, Any]:
+        """Unload a LoRA adapter from one GPU container of the class (the one that gets the
+        call: with several up, the others keep serving it)."""
+        method = self._adapter_method("unload_adapter")
+        async with self._call():
+            return await method.remote.aio(name)  # type: ignore[no-any-return]
+
+    def _adapter_method(self, name: str) -> Any:
+        method = getattr(self._instance, name, None)
+        if method is None:  # the class of a model deployed without adapters has none
+            raise EngineRequestError(
+                f"the model {self.model_name} was deployed without LoRA adapters: declare "
+                "some in VLLM_MODELS to load others at run time",
+                status_code=400,
+                param="base",
+            )
+        return method
 
     async def _current_stats(self) -> dict[str, int] | None:
         if self._stats is None:

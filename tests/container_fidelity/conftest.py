@@ -5,6 +5,7 @@ defaults and with secrets set on the deploying machine (none of which may reach 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -22,3 +23,22 @@ DEPLOY_SETTINGS = {
 @pytest.fixture(scope="session")
 def manifests() -> dict[str, Any]:
     return collect_manifests({**DEPLOY_SETTINGS, **DEPLOY_MACHINE_SECRETS})
+
+
+# Several models: a second collection, with the same deploy-time settings plus VLLM_MODELS.
+# Each model gets a GPU class of its own (its own GPU, window, bounds); Qwen serves adapters.
+FIRST_MODEL, SECOND_MODEL = "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen3-8B"
+SECOND_CLASS = "VLLMInference_Qwen_Qwen3_8B"
+TWO_MODEL_SETTINGS = {
+    **DEPLOY_SETTINGS,
+    "VLLM_MODELS": json.dumps([
+        {"name": FIRST_MODEL, "gpu": "A100-80GB", "scaledown_window": 120},
+        {"name": SECOND_MODEL, "gpu": "H100", "scaledown_window": 300, "max_containers": 2,
+         "adapters": {"sql": "acme/qwen3-sql-lora", "support": "/models/support-lora"}},
+    ]),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def two_model_manifests() -> dict[str, Any]:
+    return collect_manifests({**TWO_MODEL_SETTINGS, **DEPLOY_MACHINE_SECRETS})

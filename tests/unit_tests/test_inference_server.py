@@ -11,8 +11,8 @@ import pytest
 
 from deploy.config import Settings
 from deploy.engine import EngineConfig
-from deploy.errors import EngineUnavailable
-from deploy.inference import InferenceServer, fetch_weights
+from deploy.errors import EngineRequestError, EngineStartError, EngineUnavailable
+from deploy.inference import InferenceServer, fetch_adapter, fetch_weights
 
 
 class RecordingEngine:
@@ -41,9 +41,18 @@ class RecordingEngine:
     async def health(self) -> bool:
         return getattr(self, "healthy", True)
 
+    def is_running(self) -> bool:
+        return "start" in self.calls
 
-def server(tmp_path) -> tuple[InferenceServer, RecordingEngine]:
-    srv = InferenceServer(EngineConfig(model=str(tmp_path), served_model_name="m"))
+    async def load_adapter(self, name: str, path: str, *, replace: bool = False) -> None:
+        self.calls.append(f"load:{name}={path}" + (":replace" if replace else ""))
+
+    async def unload_adapter(self, name: str) -> None:
+        self.calls.append(f"unload:{name}")
+
+
+def server(tmp_path, **config: Any) -> tuple[InferenceServer, RecordingEngine]:
+    srv = InferenceServer(EngineConfig(model=str(tmp_path), served_model_name="m", **config))
     engine = RecordingEngine()
     srv.engine = engine  # type: ignore[assignment]
     return srv, engine
@@ -124,3 +133,79 @@ async def test_a_dead_engine_stops_the_container_taking_inputs_once(tmp_path) ->
         with pytest.raises(EngineUnavailable):
             await srv.chat({})
     assert stops == ["stop"] and srv.broken
+
+
+# -- LoRA adapters --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path) -> list[str]:
+    """The Hub's snapshot_download: each repo id lands in a folder of the cache."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    downloads: list[str] = []
+
+    def snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        if repo_id.startswith("missing/"):
+            raise LocalEntryNotFoundError(f"cannot reach the Hub for {repo_id}")
+        downloads.append(repo_id)
+        return str(tmp_path / "hub" / repo_id.replace("/", "--"))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return downloads
+
+
+def test_adapter_sources_hub_ids_are_downloaded_paths_used_as_they_are(hub, tmp_path) -> None:
+    assert fetch_adapter("/models/sql-lora") == "/models/sql-lora"  # a mounted Volume
+    assert fetch_adapter(str(tmp_path)) == str(tmp_path)  # a local folder
+    assert fetch_adapter("acme/sql-lora").endswith("hub/acme--sql-lora")
+    assert hub == ["acme/sql-lora"]
+    with pytest.raises(EngineRequestError, match="no LoRA adapter at 'missing/lora'") as err:
+        fetch_adapter("missing/lora")
+    assert err.value.status_code == 404
+
+
+async def test_declared_adapters_are_fetched_before_vllm_starts(hub, tmp_path) -> None:
+    declared = {"sql": "acme/sql-lora", "chat": "/models/chat"}
+    srv, engine = server(tmp_path, lora_modules=declared)
+    await srv.start()
+    # vLLM gets local folders only: it never calls the Hub, and never sees HF_TOKEN.
+    assert srv.engine.config.lora_modules == {  # type: ignore[attr-defined]
+        "sql": str(tmp_path / "hub" / "acme--sql-lora"),
+        "chat": "/models/chat",
+    }
+    assert srv.config.lora_modules == declared  # what the class was built with, unchanged
+    assert engine.calls == ["start"] and srv.status()["adapters"] == ["chat", "sql"]
+
+
+async def test_an_adapter_that_cannot_be_had_fails_the_start(hub, tmp_path) -> None:
+    srv, engine = server(tmp_path, lora_modules={"x": "missing/lora"})
+    with pytest.raises(EngineStartError, match="missing/lora"):
+        await srv.start()
+    assert engine.calls == []  # vLLM never started
+
+
+async def test_adapters_load_and_unload_at_run_time_on_this_container(hub, tmp_path) -> None:
+    srv, engine = server(tmp_path, lora_modules={"chat": "/models/chat"})
+    await srv.start()
+    loaded = await srv.load_adapter("sql", "acme/sql-lora")
+    assert loaded == {"adapter": "sql", "source": "acme/sql-lora", "container": srv.container_id}
+    local = str(tmp_path / "hub" / "acme--sql-lora")
+    await srv.load_adapter("sql", "acme/sql-lora")  # the same again: nothing to do
+    await srv.load_adapter("sql", "/models/sql-v2")  # another source: its weights replaced
+    await srv.unload_adapter("chat")  # a declared one too
+    assert engine.calls == ["start", f"load:sql={local}", "load:sql=/models/sql-v2:replace",
+                            "unload:chat"]  # fmt: skip
+    assert srv.status()["adapters"] == ["sql"]
+    with pytest.raises(EngineRequestError, match="no LoRA adapter named 'chat'") as err:
+        await srv.unload_adapter("chat")
+    assert err.value.status_code == 404
+
+
+async def test_a_model_started_without_lora_refuses_adapters(tmp_path) -> None:
+    srv, engine = server(tmp_path)
+    await srv.start()
+    with pytest.raises(EngineRequestError, match="without LoRA"):
+        await srv.load_adapter("sql", "/models/sql")
+    assert engine.calls == ["start"]

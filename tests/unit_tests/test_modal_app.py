@@ -19,7 +19,7 @@ from deploy.config import Settings
 
 SETTINGS_ENV = ("VLLM_MODEL", "VLLM_GPU", "VLLM_TENSOR_PARALLEL_SIZE", "VLLM_MODE",
                 "VLLM_GPU_SNAPSHOT", "VLLM_SCALEDOWN_WINDOW", "VLLM_MAX_NUM_SEQS",
-                "VLLM_WARM_SCHEDULE")  # fmt: skip
+                "VLLM_WARM_SCHEDULE", "VLLM_MODELS")  # fmt: skip
 
 
 def load_app(monkeypatch, **env: str) -> Any:
@@ -271,3 +271,177 @@ def test_a_warm_schedule_sets_the_gpu_class_min_containers_every_few_minutes(mon
         monkeypatch.setattr("time.time", lambda w=when: w.timestamp())
         asyncio.run(run())
     assert calls == [1, 1, 0]
+
+
+# -- several models ------------------------------------------------------------------------------
+
+LLAMA, QWEN = "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen3-8B"
+TWO_MODELS = json.dumps([
+    {"name": LLAMA, "gpu": "A100-80GB", "scaledown_window": 120},
+    {"name": QWEN, "gpu": "H100", "scaledown_window": 300, "max_containers": 2,
+     "max_num_seqs": 32, "adapters": {"sql": "acme/qwen3-sql-lora", "chat": "/models/chat"}},
+])  # fmt: skip
+
+
+def _started_engine_config(app: Any, cls: Any, monkeypatch) -> Any:
+    """The engine configuration a container of ``cls`` starts its InferenceServer with."""
+    import asyncio
+
+    import deploy.inference
+
+    seen: list[Any] = []
+
+    class Server:
+        def __init__(self, config: Any, **_: Any) -> None:
+            seen.append(config)
+
+        async def start(self) -> None:
+            pass
+
+    monkeypatch.setattr(deploy.inference, "InferenceServer", Server)
+    user_cls = cls._get_user_cls()
+    asyncio.run(user_cls.__dict__["start"]._get_raw_f()(user_cls()))
+    return seen[0]
+
+
+def test_each_model_gets_a_gpu_class_of_its_own(monkeypatch) -> None:
+    app = load_app(monkeypatch, VLLM_MODELS=TWO_MODELS)
+    assert list(app.GPU_CLASSES) == [LLAMA, QWEN]
+    assert app.GPU_CLASS_NAMES == {LLAMA: "VLLMInference", QWEN: "VLLMInference_Qwen_Qwen3_8B"}
+    assert app.GPU_CLASSES[LLAMA] is app.VLLMInference  # the default keeps the seed's name
+    assert app.GPU_CLASSES[QWEN] is app.VLLMInference_Qwen_Qwen3_8B  # found by name in a container
+    llama, qwen = (deploy_options(app.GPU_CLASSES[n]) for n in (LLAMA, QWEN))
+    assert llama["tag"] == "VLLMInference.*" and qwen["tag"] == "VLLMInference_Qwen_Qwen3_8B.*"
+    own = ("gpu", "scaledown_window", "max_containers")
+    assert [llama[k] for k in own] == ["A100-80GB", 120, 1]
+    assert [qwen[k] for k in own] == ["H100", 300, 2]
+    assert llama["max_concurrent_inputs"] == 64 and qwen["max_concurrent_inputs"] == 32
+    target = app.VLLMInference_Qwen_Qwen3_8B._get_class_service_function()
+    assert target.info().concurrency_info.target_inputs == 24
+    for opts in (llama, qwen):
+        assert opts["min_containers"] == 0 and opts["startup_timeout"] >= 15 * 60
+        assert [repr(s) for s in opts["secrets"]] == ["modal.Secret.from_name('vllm-secrets')"]
+        assert opts["image"] is llama["image"]  # one GPU image: the model is chosen at start
+    assert set(dict(llama["validated_volumes_no_cloud_buckets"])) == {
+        "/root/.cache/huggingface", "/root/.cache/vllm"}  # fmt: skip
+    # The adapters' model mounts the models Volume and can load and unload adapters.
+    assert set(dict(qwen["validated_volumes_no_cloud_buckets"])) == {
+        "/root/.cache/huggingface", "/root/.cache/vllm", "/models"}  # fmt: skip
+    assert set(llama["method_definitions"]) == {"chat", "stream", "batch", "status"}
+    assert set(qwen["method_definitions"]) == {
+        "chat", "stream", "batch", "status", "load_adapter", "unload_adapter"}  # fmt: skip
+
+
+def test_each_gpu_class_starts_the_engine_of_its_own_model(monkeypatch) -> None:
+    app = load_app(monkeypatch, VLLM_MODELS=TWO_MODELS)
+    llama = _started_engine_config(app, app.VLLMInference, monkeypatch)
+    qwen = _started_engine_config(app, app.VLLMInference_Qwen_Qwen3_8B, monkeypatch)
+    assert (llama.model, llama.served_model_name, llama.tool_call_parser) == (
+        LLAMA, LLAMA, "llama3_json")  # fmt: skip
+    assert llama.lora_modules == {} and not llama.enable_lora
+    assert (qwen.model, qwen.max_num_seqs, qwen.reasoning_parser) == (QWEN, 32, "qwen3")
+    # As declared: the container resolves the Hub id before vLLM starts (InferenceServer).
+    assert qwen.lora_modules == {"sql": "acme/qwen3-sql-lora", "chat": "/models/chat"}
+    assert qwen.enable_lora
+
+
+def test_one_model_deploys_as_before(monkeypatch) -> None:
+    app = load_app(monkeypatch)
+    names = app.GPU_CLASS_NAMES
+    assert names == {app.settings.name: "VLLMInference"}
+    assert list(app.GPU_CLASSES.values()) == [app.VLLMInference]
+    config = _started_engine_config(app, app.VLLMInference, monkeypatch)
+    assert config == app.settings.gpu_engine_config()
+
+
+def test_the_wrapper_routes_each_model_to_its_own_class(monkeypatch) -> None:
+    import deploy.gateway.store
+    import deploy.wrapper
+
+    app = load_app(monkeypatch, VLLM_MODELS=TWO_MODELS)
+    built: dict[str, Any] = {}
+
+    def create_app(transports: Any, settings: Any, **kwargs: Any) -> str:
+        built.update(transports)
+        return "asgi"
+
+    monkeypatch.setattr(deploy.wrapper, "create_app", create_app)
+    monkeypatch.setattr(deploy.gateway.store, "open_store", lambda url: None)
+    assert synchronizer._translate_in(app.wrapper)._raw_f() == "asgi"
+    assert list(built) == [LLAMA, QWEN]  # the first: the default
+    llama, qwen = built[LLAMA], built[QWEN]
+    assert llama._cls is app.VLLMInference and qwen._cls is app.VLLMInference_Qwen_Qwen3_8B
+    assert (llama.model_name, llama.scaledown_window, llama.max_containers) == (LLAMA, 120, 1)
+    assert (qwen.model_name, qwen.scaledown_window, qwen.max_containers) == (QWEN, 300, 2)
+
+
+def test_a_warm_schedule_warms_every_models_class(monkeypatch) -> None:
+    import asyncio
+    import datetime as dt
+
+    app = load_app(monkeypatch, VLLM_MODELS=TWO_MODELS,
+                   VLLM_WARM_SCHEDULE="0 9 * * mon-fri 9h Europe/Paris")  # fmt: skip
+    calls: list[tuple[str, int]] = []
+
+    def stand_in(name: str) -> Any:
+        class Autoscaler:
+            async def aio(self, *, min_containers: int) -> None:
+                calls.append((name, min_containers))
+
+        return type(name, (), {"update_autoscaler": Autoscaler()})
+
+    for name in app.GPU_CLASS_NAMES.values():
+        monkeypatch.setattr(app, name, stand_in(name))
+    noon = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    monkeypatch.setattr("time.time", noon.timestamp)
+    assert asyncio.run(synchronizer._translate_in(app.apply_warm_schedule)._raw_f()) == 1
+    assert calls == [("VLLMInference", 1), ("VLLMInference_Qwen_Qwen3_8B", 1)]
+
+
+def test_gpu_class_names_are_identifiers_told_apart(monkeypatch) -> None:
+    app = load_app(monkeypatch)
+    models = [Settings(served_name=n) for n in ("base", "org/m-1", "org.m.1", "x" * 100, "y")]
+    names = app.gpu_class_names(models)
+    assert names == app.gpu_class_names(models)  # deterministic
+    assert names["base"] == "VLLMInference" and names["y"] == "VLLMInference_y"
+    assert len(set(names.values())) == len(models)  # org/m-1 and org.m.1 share a slug
+    assert names["org/m-1"].startswith("VLLMInference_org_m_1_")
+    for name in names.values():
+        assert name.isidentifier() and len(name) <= 64
+
+
+class _AdapterMethod:
+    def __init__(self, calls: list[tuple[Any, ...]], name: str) -> None:
+        async def remote(*args: Any) -> dict[str, Any]:
+            calls.append((name, *args))
+            return {"adapter": args[0], "container": "c1"}
+
+        self.remote = type("Remote", (), {"aio": staticmethod(remote)})()
+
+
+def test_modal_transport_loads_adapters_through_the_class(monkeypatch) -> None:
+    import asyncio
+
+    from deploy.errors import EngineRequestError
+    from deploy.transport_modal import ModalTransport
+
+    calls: list[tuple[Any, ...]] = []
+
+    class WithAdapters:
+        def __init__(self) -> None:
+            self.load_adapter = _AdapterMethod(calls, "load")
+            self.unload_adapter = _AdapterMethod(calls, "unload")
+
+    transport = ModalTransport(WithAdapters, model_name=QWEN, scaledown_window=300)
+    loaded = asyncio.run(transport.load_adapter("sql", "acme/qwen3-sql-lora"))
+    asyncio.run(transport.unload_adapter("sql"))
+    assert loaded == {"adapter": "sql", "container": "c1"}
+    assert calls == [("load", "sql", "acme/qwen3-sql-lora"), ("unload", "sql")]
+
+    class WithoutAdapters:  # a model deployed with none: its class has no adapter methods
+        pass
+
+    plain = ModalTransport(WithoutAdapters, model_name=LLAMA, scaledown_window=120)
+    with pytest.raises(EngineRequestError, match="without LoRA adapters"):
+        asyncio.run(plain.load_adapter("sql", "acme/qwen3-sql-lora"))
+    assert plain.last_error is None and plain._in_flight == 0
