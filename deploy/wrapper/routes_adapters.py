@@ -22,7 +22,7 @@ router = APIRouter(responses=ADMIN_ERRORS)
 
 
 class NewAdapter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no true for 1: say what you mean
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,127}$")
     """What requests will say in ``model``."""

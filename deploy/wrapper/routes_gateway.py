@@ -71,7 +71,7 @@ async def usage(
 class NewKey(BaseModel):
     """A key to create; a limit left out takes the ``VLLM_DEFAULT_*`` one."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no true for 1: say what you mean
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
     role: Literal["user", "admin"] = "user"
@@ -87,7 +87,7 @@ async def list_keys(request: Request, _: Admin) -> dict[str, Any]:
     return {"object": "list", "data": [k.public() for k in _gateway(request).keys.names()]}
 
 
-@router.post("/v1/keys", status_code=HTTPStatus.CREATED, responses=errors(409, 422))
+@router.post("/v1/keys", status_code=HTTPStatus.CREATED, responses=errors(400, 409, 422))
 async def create_key(request: Request, new: NewKey, _: Admin) -> dict[str, Any]:
     """A new key, kept (hashed) in the state store: its secret is in this answer only."""
     gateway = _gateway(request)
