@@ -28,7 +28,11 @@ ENGINE_LOG = Path(tempfile.gettempdir()) / f"vllm-autoscale-test-engine-{os.getp
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
-    settings = Settings(wrapper_api_key=SecretStr(API_KEY), heartbeat_interval=2.0)
+    # No response cache on the session's wrapper: tests here time and count the engine's own
+    # answers (a replay streams in one delta). The gateway's tests serve their own wrappers.
+    settings = Settings(
+        wrapper_api_key=SecretStr(API_KEY), heartbeat_interval=2.0, cache_max_entries=0
+    )
     # The engine stays up for the whole session (scaledown 0 = never); tests that need a cold
     # engine stop it themselves.
     with LocalStack(settings=settings, scaledown_window=0, warm=True, engine_log=ENGINE_LOG) as s:
