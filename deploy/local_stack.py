@@ -47,9 +47,15 @@ class LocalStack:
         self.settings = settings or Settings()
         self.host = host
         self.port = port or free_port(host)
+        first = self.settings.served_models()[0]
         self.engine_config = engine_config or local_engine_config(
-            log_file=str(engine_log) if engine_log else None
-        )
+            log_file=str(engine_log) if engine_log else None,
+            **(
+                {"served_name": first.name, "lora_modules": dict(first.adapters),
+                 "enable_lora": bool(first.adapters)}
+                if self.settings.models else {}
+            ),
+        )  # fmt: skip
         window = self.settings.scaledown_window if scaledown_window is None else scaledown_window
         self.transport = LocalTransport(
             self.engine_config,
@@ -58,7 +64,22 @@ class LocalStack:
             queue_timeout=self.settings.queue_timeout,
             schedule=self.settings.schedule,
         )
-        self.app: FastAPI = create_app(self.transport, self.settings)
+        # VLLM_MODELS: every other served model is the local SmolLM2 in that model's
+        # configuration (name, context, adapters), its own engine scaling to zero on its own.
+        self.transports: dict[str, LocalTransport] = {self.transport.model_name: self.transport}
+        for model in self.settings.served_models()[1:]:
+            config = local_engine_config(
+                log_file=str(engine_log) if engine_log else None, served_name=model.name,
+                max_model_len=min(model.max_model_len or 2048, 2048),
+                lora_modules=dict(model.adapters), enable_lora=bool(model.adapters),
+                max_lora_rank=model.max_lora_rank,
+            )  # fmt: skip
+            own_window = model.scaledown_window if scaledown_window is None else window
+            self.transports[model.name] = LocalTransport(
+                config, scaledown_window=own_window or None, max_queue=model.max_queue,
+                queue_timeout=model.queue_timeout,
+            )  # fmt: skip
+        self.app: FastAPI = create_app(self.transports, self.settings)
         self.warm = warm
         # Time-outs on receiving requests and a connection cap: see deploy/http_server.py.
         self._server = uvicorn.Server(
@@ -131,8 +152,9 @@ class LocalStack:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=60)
-        # Belt and braces: if the server never ran its shutdown, the engine still goes.
-        self.transport.engine.stop()
+        # Belt and braces: if the server never ran its shutdown, the engines still go.
+        for transport in self.transports.values():
+            transport.engine.stop()
 
     def __enter__(self) -> LocalStack:
         return self.start()

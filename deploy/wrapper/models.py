@@ -55,7 +55,11 @@ class ModelRegistry:
         self.adapters: dict[str, tuple[str, str]] = {}
         """Adapter name -> (base model, source)."""
         for served in self.models.values():
-            for adapter, source in served.settings.adapters.items():
+            declared = dict(served.settings.adapters)
+            known = getattr(served.transport, "adapters", None)  # what the engine will serve
+            if callable(known):
+                declared |= known()
+            for adapter, source in declared.items():
                 self.adapters[adapter] = (served.name, source)
 
     def __len__(self) -> int:
