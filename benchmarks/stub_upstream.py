@@ -69,17 +69,23 @@ class AttachedEngine(VLLMEngine):
         return None
 
 
-def stub_wrapper_app(upstream_port: int) -> Any:
+def stub_wrapper_app(upstream_port: int, models: int = 1) -> Any:
+    """A wrapper over the stub; with ``models`` > 1, that many served models ("stub", then
+    "stub-2", ...), each its own transport to the stub (routing's cost)."""
     from deploy.config import Settings
     from deploy.transport_local import LocalTransport
     from deploy.wrapper import create_app
 
-    transport = LocalTransport(
-        EngineConfig(model="stub", served_model_name="stub"), scaledown_window=None
-    )
-    transport.engine = AttachedEngine(upstream_port)
-    transport.state = "warm"
-    return create_app(transport, Settings())
+    transports = {}
+    for i in range(models):
+        name = "stub" if i == 0 else f"stub-{i + 1}"
+        transport = LocalTransport(
+            EngineConfig(model=name, served_model_name=name), scaledown_window=None
+        )
+        transport.engine = AttachedEngine(upstream_port, name)
+        transport.state = "warm"
+        transports[name] = transport
+    return create_app(transports, Settings())
 
 
 class BareForward:
@@ -119,6 +125,7 @@ def main() -> None:
         "--wrap", type=int, default=None, help="serve a wrapper over this stub port"
     )
     parser.add_argument("--bare", type=int, default=None, help="serve a bare forward to this port")
+    parser.add_argument("--models", type=int, default=1, help="served models of the wrapper")
     args = parser.parse_args()
     if args.wrap is None and args.bare is None:
         web.run_app(stub_app(), host="127.0.0.1", port=args.port, print=None)
@@ -129,7 +136,10 @@ def main() -> None:
         bare = BareForward(args.bare)
         uvicorn.run(bare, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
         return
-    uvicorn.run(stub_wrapper_app(args.wrap), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(
+        stub_wrapper_app(args.wrap, args.models), host="127.0.0.1", port=args.port,
+        log_level="warning",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -62,3 +62,18 @@ def test_quick_benchmark_writes_well_formed_results(warm_stack, api_key, tmp_pat
     table = (tmp_path / "results.md").read_text()
     assert all(f"| {key} |" in table for key in TARGETS) and "bare raw-ASGI" in table
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_gateway_and_routing_benchmarks_run_and_report_their_targets() -> None:
+    """Tiny runs of the side-by-side harnesses: every figure is there and finite."""
+    import math
+
+    from benchmarks import gateway_hop, routing_hop
+
+    gateway = gateway_hop.compare("a0a479f", 50)
+    assert set(gateway["targets"]) == set(gateway_hop.TARGETS)
+    assert all(math.isfinite(row["value"]) for row in gateway["targets"].values())
+    assert gateway["hit_p50_ms"] > 0 and gateway["miss_p50_ms"] > 0
+    routing = routing_hop.compare(50, 3)
+    assert routing["models"] == 3 and math.isfinite(routing["many_minus_one_p50_ms"])
+    assert "| 3 models" in routing_hop.markdown(routing)

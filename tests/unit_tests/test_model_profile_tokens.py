@@ -527,3 +527,29 @@ def test_custom_token_ids_still_win() -> None:
     llm = llm_for(recorder, custom_get_token_ids=lambda text: [1] * len(text))
     assert llm.get_num_tokens("abc") == 3 and llm.get_token_ids("ab") == [1, 1]
     assert recorder.requests == []
+
+
+async def test_each_served_model_and_adapter_has_its_own_profile_from_the_wrapper() -> None:
+    """A wrapper over two models and an adapter: ``model=`` picks the card, ``None`` the
+    default (the first); the adapter gets its base's capabilities."""
+    from deploy.wrapper import create_app
+    from tests.unit_tests.wrapper_fake import FakeTransport, make_settings
+
+    entries = [{"name": "small", "max_model_len": 1024},
+               {"name": "big", "max_model_len": 4096, "adapters": {"sql": "/a/sql"}}]  # fmt: skip
+    app = create_app(
+        {"small": FakeTransport("small"), "big": FakeTransport("big")},
+        make_settings(models=json.dumps(entries), max_tokens_limit=512),
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://wrapper") as client:  # fmt: skip
+        answer = (await client.get("/v1/models", headers={"authorization": f"Bearer {KEY}"})).json()
+    profiles = {
+        model: chat_models_module._profile_from_models(answer, model)
+        for model in (None, "small", "big", "sql")
+    }
+    assert profiles[None] == profiles["small"]
+    assert profiles["small"]["name"] == "small" and profiles["big"]["name"] == "big"
+    assert profiles["sql"]["name"] == "sql"
+    assert profiles["sql"]["max_input_tokens"] == profiles["big"]["max_input_tokens"]
+    assert profiles["small"]["max_input_tokens"] != profiles["big"]["max_input_tokens"]
