@@ -13,11 +13,11 @@ seed's 120 s window and always on. Writes ``advisor.json`` and ``advisor.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.run import save
 from deploy import advisor
 from deploy.cost import inputs_from_preset
 
@@ -101,11 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="modal-a100-80gb")
     args = parser.parse_args(argv)
     result = run(args.preset)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "advisor.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "advisor.md").write_text(markdown(result))
-    print(markdown(result))
+    save(args.out, "advisor", result, markdown(result))
     return 0
 
 

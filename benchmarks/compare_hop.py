@@ -13,7 +13,6 @@ the two with the spread of that difference across rounds (the noise). Writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -23,7 +22,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import ENGINE_PATH_ENV, ROOT, _wait, bench_hop
+from benchmarks.run import ENGINE_PATH_ENV, ROOT, _wait, bench_hop, save
 from deploy.engine import free_port
 
 ROUNDS = 5
@@ -42,12 +41,13 @@ def _worktree(ref: str):
                            check=False)  # fmt: skip
 
 
-def _serve(stack: ExitStack, tree: Path, *args: str) -> str:
+def _serve(stack: ExitStack, tree: Path, *args: str, env: dict[str, str] = ENGINE_PATH_ENV) -> str:
+    """``benchmarks.stub_upstream`` from ``tree`` (that tree's ``deploy`` first) under
+    ``env``; its URL once it answers. By default the hop without the cache."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.stub_upstream", "--port", str(port), *args],
-        # That tree's `deploy` first; the hop without the cache (every request alike).
-        cwd=tree, env={**os.environ, **ENGINE_PATH_ENV, "PYTHONPATH": str(tree)},
+        cwd=tree, env={**os.environ, **env, "PYTHONPATH": str(tree)},
     )  # fmt: skip
     stack.callback(proc.wait, 10)
     stack.callback(proc.terminate)
@@ -107,11 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     result = compare(args.ref, args.n)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "hop_compare.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "hop_compare.md").write_text(markdown(result))
-    print(markdown(result))
+    save(args.out, "hop_compare", result, markdown(result))
     return 0
 
 

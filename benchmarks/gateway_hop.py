@@ -26,8 +26,6 @@ import itertools
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -36,9 +34,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.compare_hop import _worktree
-from benchmarks.run import ROOT, _wait, interleave, pct
-from deploy.engine import free_port
+from benchmarks.compare_hop import _serve, _worktree
+from benchmarks.run import ROOT, interleave, pct, save
 
 ROUNDS = 5
 ADMIN_KEY = "bench-admin-" + "a" * 32
@@ -57,19 +54,6 @@ def _gateway_env(state: Path) -> dict[str, str]:
         "VLLM_DEFAULT_MONTHLY_BUDGET_USD": str(10**6),
         "VLLM_STATE_URL": f"sqlite:///{state}",
     }
-
-
-def _serve(stack: ExitStack, tree: Path, env: dict[str, str], *args: str) -> str:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.stub_upstream", "--port", str(port), *args],
-        cwd=tree, env={**os.environ, **env, "PYTHONPATH": str(tree)},
-    )  # fmt: skip
-    stack.callback(proc.wait, 10)
-    stack.callback(proc.terminate)
-    url = f"http://127.0.0.1:{port}"
-    _wait(url + "/health")
-    return url
 
 
 def _caller(client: httpx.Client, url: str, key: str | None, body: Callable[[], dict]):
@@ -116,12 +100,15 @@ def one_round(paths: dict[str, str], n: int, seeds: itertools.count) -> dict[str
 def compare(ref: str, n: int) -> dict[str, Any]:
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         old_tree = stack.enter_context(_worktree(ref))
-        stub = _serve(stack, ROOT, {})
+        stub = _serve(stack, ROOT, env={})
         port = stub.rsplit(":", 1)[1]
+        ref_env = {"VLLM_WRAPPER_API_KEY": ADMIN_KEY}
         paths = {
             "direct": stub,
-            "ref": _serve(stack, old_tree, {"VLLM_WRAPPER_API_KEY": ADMIN_KEY}, "--wrap", port),
-            "gateway": _serve(stack, ROOT, _gateway_env(Path(tmp) / "state.db"), "--wrap", port),
+            "ref": _serve(stack, old_tree, "--wrap", port, env=ref_env),
+            "gateway": _serve(
+                stack, ROOT, "--wrap", port, env=_gateway_env(Path(tmp) / "state.db")
+            ),
         }
         seeds = itertools.count()
         rounds = [one_round(paths, n // ROUNDS, seeds) for _ in range(ROUNDS)]
@@ -182,11 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     result = compare(args.ref, args.n)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gateway_hop.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "gateway_hop.md").write_text(markdown(result))
-    print(markdown(result))
+    save(args.out, "gateway_hop", result, markdown(result))
     return 0
 
 

@@ -11,16 +11,14 @@ wrapper is asked for its last model (a name looked up, not the default). Reports
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.gateway_hop import _serve
-from benchmarks.run import ENGINE_PATH_ENV, ROOT, interleave, pct
+from benchmarks.compare_hop import _serve
+from benchmarks.run import ROOT, interleave, pct, save
 
 ROUNDS = 5
 
@@ -51,14 +49,13 @@ def one_round(paths: dict[str, str], n: int, last: str) -> dict[str, float]:
 
 
 def compare(n: int, models: int) -> dict[str, Any]:
-    env = dict(ENGINE_PATH_ENV)
     with ExitStack() as stack:
-        stub = _serve(stack, ROOT, env)
+        stub = _serve(stack, ROOT)
         port = stub.rsplit(":", 1)[1]
         paths = {
             "direct": stub,
-            "one": _serve(stack, ROOT, env, "--wrap", port),
-            "many": _serve(stack, ROOT, env, "--wrap", port, "--models", str(models)),
+            "one": _serve(stack, ROOT, "--wrap", port),
+            "many": _serve(stack, ROOT, "--wrap", port, "--models", str(models)),
         }
         rounds = [one_round(paths, n // ROUNDS, f"stub-{models}") for _ in range(ROUNDS)]
     out: dict[str, Any] = {"n": n, "models": models, "rounds": rounds}
@@ -96,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     result = compare(args.n, args.models)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "routing_hop.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "routing_hop.md").write_text(markdown(result))
-    print(markdown(result))
+    save(args.out, "routing_hop", result, markdown(result))
     return 0
 
 

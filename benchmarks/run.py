@@ -393,6 +393,16 @@ def write(results: dict[str, Any], out: Path) -> None:
     plot(results, out / "results.png")
 
 
+def save(out: str | Path, stem: str, result: dict[str, Any], text: str) -> None:
+    """A side-by-side benchmark's results: ``stem.json`` and ``stem.md`` in ``out``, and
+    the markdown on stdout."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / f"{stem}.md").write_text(text)
+    print(text)
+
+
 def _wait(url: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

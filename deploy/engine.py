@@ -375,18 +375,8 @@ class VLLMEngine:
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         """One chat completion (``stream`` forced off); returns vLLM's JSON response."""
-        self._check_alive()
-        body = {**body, "stream": False}
-        try:
-            async with self._client().post("/v1/chat/completions", json=body) as resp:
-                await self._raise_for_status(resp)
-                return await resp.json(loads=orjson.loads)
-        except EngineError:
-            raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-            raise EngineUnavailable(
-                f"lost the engine during the request: {exc!r}", retry_after=5
-            ) from exc
+        raw = await self._post("/v1/chat/completions", {**body, "stream": False}, "the request")
+        return orjson.loads(raw)  # type: ignore[no-any-return]
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """A streamed chat completion: yields each chunk as a dict, ends after ``[DONE]``.
@@ -463,24 +453,26 @@ class VLLMEngine:
         body: dict[str, Any] = {"lora_name": name, "lora_path": path}
         if replace:
             body["load_inplace"] = True
-        await self._post_admin("/v1/load_lora_adapter", body)
+        await self._post("/v1/load_lora_adapter", body, "/v1/load_lora_adapter")
 
     async def unload_adapter(self, name: str) -> None:
         """Stop serving a LoRA adapter; one vLLM does not know is an ``EngineRequestError``
         with status 404."""
-        await self._post_admin("/v1/unload_lora_adapter", {"lora_name": name})
+        await self._post("/v1/unload_lora_adapter", {"lora_name": name}, "/v1/unload_lora_adapter")
 
-    async def _post_admin(self, route: str, body: dict[str, Any]) -> None:
+    async def _post(self, route: str, body: dict[str, Any], what: str) -> bytes:
+        """POST to the engine; its errors as ``EngineError``s, a lost connection as
+        ``EngineUnavailable`` (worth retrying)."""
         self._check_alive()
         try:
             async with self._client().post(route, json=body) as resp:
                 await self._raise_for_status(resp)
-                await resp.read()
+                return await resp.read()
         except EngineError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
             raise EngineUnavailable(
-                f"lost the engine during {route}: {exc!r}", retry_after=5
+                f"lost the engine during {what}: {exc!r}", retry_after=5
             ) from exc
 
     async def health(self) -> bool:
