@@ -141,6 +141,8 @@ class ModelSpec(BaseModel):
     adapters: dict[str, str] = Field(default_factory=dict)
     """LoRA adapters served on this model: name -> a local folder, a path on the models
     Volume, or a Hugging Face repo id. ``model=<adapter>`` routes here."""
+    enable_lora: bool | None = None
+    """Start with LoRA on even without declared adapters (to load them at run time)."""
     max_lora_rank: int = Field(default=16, ge=1, le=512)
 
 
@@ -158,6 +160,9 @@ class Settings(BaseSettings):
     """What requests say in ``model`` (default: ``model``)."""
     adapters: dict[str, str] = Field(default_factory=dict)
     """LoRA adapters on this model: name -> local folder, models-Volume path or Hub repo."""
+    enable_lora: bool = False
+    """Start vLLM with LoRA on even without adapters, so that admins can load some at run
+    time (``POST /v1/adapters``); declared adapters turn it on anyway."""
     max_lora_rank: int = Field(default=16, ge=1, le=512)
     models: str | None = None
     """Several models behind one wrapper: a JSON list of ``ModelSpec`` entries (name, model,
@@ -416,6 +421,11 @@ class Settings(BaseSettings):
         """The served model's name, as requests say it."""
         return self.served_name or self.model
 
+    @property
+    def lora(self) -> bool:
+        """Whether vLLM runs with LoRA (adapters declared, or ``enable_lora``)."""
+        return self.enable_lora or bool(self.adapters)
+
     def served_models(self) -> list[Settings]:
         """One ``Settings`` per served model: each model of ``VLLM_MODELS`` with the
         service-wide settings under its own, or just this one."""
@@ -489,7 +499,7 @@ class Settings(BaseSettings):
             # Adapter paths as given (local folders; the Modal side resolves Hub ids and
             # Volume paths before it starts the engine).
             lora_modules=dict(self.adapters),
-            enable_lora=bool(self.adapters),
+            enable_lora=self.lora,
             max_lora_rank=self.max_lora_rank,
             startup_timeout=float(self.startup_timeout),
             env_exclude=self.env_names(),

@@ -52,7 +52,7 @@ class LocalStack:
             log_file=str(engine_log) if engine_log else None,
             **(
                 {"served_name": first.name, "lora_modules": dict(first.adapters),
-                 "enable_lora": bool(first.adapters)}
+                 "enable_lora": first.lora}
                 if self.settings.models else {}
             ),
         )  # fmt: skip
@@ -71,7 +71,7 @@ class LocalStack:
             config = local_engine_config(
                 log_file=str(engine_log) if engine_log else None, served_name=model.name,
                 max_model_len=min(model.max_model_len or 2048, 2048),
-                lora_modules=dict(model.adapters), enable_lora=bool(model.adapters),
+                lora_modules=dict(model.adapters), enable_lora=model.lora,
                 max_lora_rank=model.max_lora_rank,
             )  # fmt: skip
             own_window = model.scaledown_window if scaledown_window is None else window

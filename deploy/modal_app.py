@@ -122,7 +122,7 @@ wrapper_image = (
 hf_cache = modal.Volume.from_name("huggingface-cache", create_if_missing=True)
 vllm_cache = modal.Volume.from_name("vllm-cache", create_if_missing=True)
 # LoRA adapters (or weights) uploaded by you: `modal volume put vllm-models ./my-lora /my-lora`
-# serves as /models/my-lora. Mounted only on the classes of models that declare adapters.
+# serves as /models/my-lora. Mounted only on the classes of models with LoRA on.
 MODELS_DIR = "/models"
 models_volume = modal.Volume.from_name("vllm-models", create_if_missing=True)
 # VLLM_WRAPPER_API_KEY (the wrapper's bearer key) and HF_TOKEN (Llama is gated).
@@ -164,7 +164,7 @@ def _gpu_class(model: Settings, class_name: str) -> Any:
         else {}
     )
     volumes: dict = {HF_CACHE: hf_cache, VLLM_CACHE: vllm_cache}
-    if model.adapters:  # adapters may be read from the models Volume
+    if model.lora:  # adapters may be read from the models Volume
         volumes[MODELS_DIR] = models_volume
 
     class GpuClass:
@@ -214,7 +214,7 @@ def _gpu_class(model: Settings, class_name: str) -> Any:
         def status(self) -> dict:
             return self.server.status()
 
-        if model.adapters:
+        if model.lora:
             # Only the container that gets the call loads (or unloads) the adapter; the
             # declared ones are loaded by every container at start.
             @modal.method()

@@ -312,7 +312,7 @@ class LocalTransport:
         if not self.engine.config.enable_lora:
             raise EngineRequestError(
                 f"the model {self.model_name} was not started with LoRA: "
-                "set adapters or max_lora_rank for it",
+                "declare adapters or set enable_lora for it",
                 status_code=400,
             )
 

@@ -335,7 +335,7 @@ async def test_a_model_without_lora_refuses_adapters_with_a_400(tmp_path) -> Non
         with pytest.raises(EngineRequestError, match="not started with LoRA") as refused:
             await call
         assert refused.value.status_code == 400
-        assert "adapters or max_lora_rank" in refused.value.message
+        assert "adapters or set enable_lora" in refused.value.message
     assert t.adapters() == {} and engine.starts == 0
     await t.aclose()
 
@@ -398,3 +398,18 @@ async def test_a_load_during_a_start_waits_for_it_then_uses_the_route(tmp_path) 
     assert engine.started_with == [{}] and engine.calls == [("load", "tuned", path)]
     assert engine.served == {"tuned": path} and t.adapters() == {"tuned": path}
     await t.aclose()
+
+
+def test_a_model_can_start_with_lora_on_and_no_adapter_to_take_some_at_run_time() -> None:
+    import json
+
+    from deploy.config import Settings
+
+    plain, ready = Settings(
+        models=json.dumps([{"name": "plain"}, {"name": "ready", "enable_lora": True}])
+    ).served_models()
+    assert not plain.lora and "--enable-lora" not in plain.gpu_engine_config().command(8001)
+    config = ready.gpu_engine_config()
+    assert ready.lora and config.enable_lora and config.lora_modules == {}
+    assert "--enable-lora" in config.command(8001)
+    assert config.environment()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
