@@ -188,8 +188,10 @@ class InferenceService:
         self.metrics.count_usage(usage, caller.name)
         self.metrics.count_key(caller.name, "served")
 
-    def _hit(self, caller: KeyRecord, completion: dict[str, Any]) -> None:
-        self.gateway.record(caller, self.model_name, completion.get("usage"), cache_hit=True)
+    def _hit(self, caller: KeyRecord, model: str | None, completion: dict[str, Any]) -> None:
+        """A replay in the ledger, under the model (or adapter) the request named."""
+        usage = completion.get("usage")
+        self.gateway.record(caller, model or self.model_name, usage, cache_hit=True)
         self.metrics.count_key(caller.name, "cache_hit")
 
     # -- completing -----------------------------------------------------------------------------
@@ -202,7 +204,7 @@ class InferenceService:
         caller: KeyRecord = request.state.caller
         lookup = self._lookup(request, caller, body)
         if lookup.hit is not None:
-            self._hit(caller, lookup.hit)
+            self._hit(caller, body.get("model"), lookup.hit)
             return lookup.hit, self.hit_meta(request)
         ticket = self.gateway.admit(caller, [body])
         served = self.route(body)
@@ -307,7 +309,8 @@ class InferenceService:
         caller: KeyRecord = request.state.caller
         lookup = self._lookup(request, caller, body)
         if lookup.hit is not None:
-            return self._replay(request, caller, lookup.hit, wants_usage)
+            self._hit(caller, body.get("model"), lookup.hit)
+            return self._replay(request, lookup.hit, wants_usage)
         # Usage always travels from the engine (metrics and the ledger count it); callers
         # who did not ask for the usage chunk do not get it.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -348,11 +351,8 @@ class InferenceService:
         return PumpedStream(events, pump, media_type="text/event-stream", headers=headers,
                             on_close=closed)  # fmt: skip
 
-    def _replay(
-        self, request: Request, caller: KeyRecord, completion: dict[str, Any], wants_usage: bool
-    ) -> Response:
+    def _replay(self, request: Request, completion: dict[str, Any], wants_usage: bool) -> Response:
         """A cache hit as a stream: the same chunks' shape, no engine."""
-        self._hit(caller, completion)
         events: list[dict[str, Any]] = list(replay_chunks(completion))
         if wants_usage:
             events.append({"id": completion.get("id"), "object": "chat.completion.chunk",

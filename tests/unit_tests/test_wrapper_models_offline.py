@@ -168,3 +168,17 @@ async def test_an_admin_loads_and_unloads_an_adapter_at_run_time() -> None:
         unknown = await client.post("/v1/adapters", json={"name": "t4", "path": "/x",
                                                           "base": "nope"})  # fmt: skip
         assert_error(unknown, 404, param="base")
+
+
+async def test_a_cache_hit_is_booked_under_the_model_it_was_asked_of() -> None:
+    small, big = FakeTransport("small"), LoraFake("big")
+    settings = make_settings(models=json.dumps(MODELS), cache_max_entries=8)
+    app = create_app({"small": small, "big": big}, settings)
+    deterministic = ask("big", temperature=0)
+    async with client_for(app) as client:
+        await client.post(CHAT, json=deterministic)
+        hit = await client.post(CHAT, json=deterministic)
+        streamed = await client.post(CHAT, json={**deterministic, "stream": True})
+        rows = (await client.get("/v1/usage")).json()["data"]
+    assert hit.headers["x-cache"] == "hit" and streamed.headers["x-cache"] == "hit"
+    assert [(r["model"], r["requests"], r["cache_hits"]) for r in rows] == [("big", 1, 2)]
