@@ -164,7 +164,7 @@ class KeyRing:
     def get(self, name: str) -> KeyRecord | None:
         return next((k for k in self._all if k.name == name), None)
 
-    def names(self) -> list[KeyRecord]:
+    def records(self) -> list[KeyRecord]:
         return list(self._all)
 
     def set_stored(self, records: list[KeyRecord]) -> None:

@@ -84,7 +84,7 @@ class NewKey(BaseModel):
 @router.get("/v1/keys")
 async def list_keys(request: Request, _: Admin) -> dict[str, Any]:
     """Every key's name, role, limits and source; never a key or its hash."""
-    return {"object": "list", "data": [k.public() for k in _gateway(request).keys.names()]}
+    return {"object": "list", "data": [k.public() for k in _gateway(request).keys.records()]}
 
 
 @router.post("/v1/keys", status_code=HTTPStatus.CREATED, responses=errors(400, 409, 422))

@@ -224,7 +224,7 @@ def test_stored_keys_are_found_and_get_defaults() -> None:
     found = keys.find("svc-token")
     assert found is not None and found.source == "store"
     assert (found.rpm, found.tpm) == (7, 500)
-    assert [k.name for k in keys.names()] == ["alice", "svc"]
+    assert [k.name for k in keys.records()] == ["alice", "svc"]
 
 
 def test_a_stored_key_cannot_shadow_a_configured_name() -> None:
@@ -233,7 +233,7 @@ def test_a_stored_key_cannot_shadow_a_configured_name() -> None:
     keys.set_stored([impostor])
     assert keys.find("stolen") is None
     assert keys.find(TOKEN) is not None
-    assert [k.name for k in keys.names()] == ["alice"]
+    assert [k.name for k in keys.records()] == ["alice"]
 
 
 def test_add_stored_replaces_same_name_and_remove_stored_drops_it() -> None:
@@ -243,7 +243,7 @@ def test_add_stored_replaces_same_name_and_remove_stored_drops_it() -> None:
     keys.add_stored(v1)
     keys.add_stored(v2)
     assert keys.find("old") is None and keys.find("new") is not None
-    assert len(keys.names()) == 1
+    assert len(keys.records()) == 1
     keys.remove_stored("svc")
     assert keys.find("new") is None and keys.get("svc") is None
     assert keys.open
