@@ -31,6 +31,10 @@ async def _status(service: InferenceService) -> dict[str, Any]:
             name: (await served.transport.status()).to_dict()
             for name, served in service.models.models.items()
         }
+    cache = service.gateway.cache
+    if cache is not None:  # this wrapper's own (the cache is per process)
+        out["cache"] = {"entries": len(cache), "bytes": cache.bytes, "hits": cache.hits,
+                        "misses": cache.misses}  # fmt: skip
     if service.cold is not None:
         cold = service.cold
         out["cold_fallback"] = {"policy": cold.policy, "model": cold.fallback.model_name,

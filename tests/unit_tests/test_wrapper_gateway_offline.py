@@ -191,6 +191,10 @@ async def test_a_deterministic_request_is_answered_from_the_cache_the_second_tim
     meta = hit.json()["vllm_autoscale"]
     assert meta["cache"] == "hit" and meta["cost"]["usd"] == 0 and meta["cold_start"] is False
     assert len(fake.chat_bodies) == 1
+    async with as_key(app, "default") as client:
+        status = (await client.get("/status")).json()
+    assert status["cache"]["entries"] == 1 and status["cache"]["bytes"] > 0
+    assert (status["cache"]["hits"], status["cache"]["misses"]) == (1, 1)
 
 
 async def test_the_cache_is_per_key_unless_shared() -> None:
