@@ -132,6 +132,8 @@ class KeyRing:
             raise ValueError(f"API key name(s) declared twice: {', '.join(sorted(duplicates))}")
         self.defaults = {k: v for k, v in defaults.items() if k in _LIMIT_FIELDS}
         self._configured = [self._with_defaults(k) for k in configured]
+        self.anonymous = self._with_defaults(ANONYMOUS)
+        """Who every caller of an open wrapper is (built once: asked on every request)."""
         self._stored: list[KeyRecord] = []
         self._index(self._configured)
 
@@ -147,10 +149,6 @@ class KeyRing:
     def open(self) -> bool:
         """No key anywhere: the wrapper is open (every caller is ``ANONYMOUS``)."""
         return not self._all
-
-    @property
-    def anonymous(self) -> KeyRecord:
-        return self._with_defaults(ANONYMOUS)
 
     def find(self, token: str) -> KeyRecord | None:
         # Looked up by the token's SHA-256: what a timing difference could tell is about
