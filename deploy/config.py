@@ -252,6 +252,25 @@ class Settings(BaseSettings):
     """Seconds between writes of the ledger and reads of other wrappers' counters: how far
     a limit shared by several wrapper containers can be overrun, and what a wrapper killed
     without a shutdown can lose."""
+    require_key: bool = False
+    """Never run open: with no key configured and none stored, every route but / and /health
+    answers 401 (default: such a wrapper is open, for local use). A store that has ever held
+    a key closes the wrapper for good whatever this says (docs/gateway.md)."""
+    state_spill_dir: Path = Path("~/.local/state/vllm-autoscale/spill")
+    """Where ledger rows that could not be written at shutdown (the store down) are kept,
+    to be written at the next start. On Modal, a path on a Volume keeps them across
+    containers."""
+    state_key_grace: float = Field(default=60.0, gt=0)
+    """Seconds stored keys (made with ``POST /v1/keys``) keep working from the last good read
+    of an unreachable store; then their callers get 503 until it answers again."""
+    request_cost_estimate_usd: float | None = Field(default=None, ge=0)
+    """What an admitted request is assumed to cost until it is booked, for budgets (in-flight
+    requests hold it). Default: the mean of the model's recent requests, at least 10 GPU
+    seconds at ``gpu_price_per_hour``."""
+    prefix_cache_isolation: Literal["shared", "per_key"] = "shared"
+    """``per_key``: every request carries a ``cache_salt`` derived from its key, so vLLM's
+    prefix cache is never shared between keys (closes a timing side channel; costs the
+    cross-key prefix hits)."""
     cache_max_entries: int = Field(default=1024, ge=0)
     """Responses the cache keeps (0: no cache). Only deterministic requests are cached:
     temperature 0 or a seed set."""
@@ -286,6 +305,9 @@ class Settings(BaseSettings):
     body_timeout: float = Field(default=30.0, gt=0)
     """Seconds the whole request body has to arrive once its headers are in; then 408 and the
     connection is closed. Only receiving the request is timed: never a response or a wait."""
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request head (request line plus headers) the wrapper reads; a larger one gets
+    431 and the connection is closed, before any route or key check sees it."""
     max_connections: int | None = Field(default=None, ge=1)
     """Client connections the wrapper holds at once; more get 503 ``overloaded`` (JSON,
     Retry-After) and are closed. Default ``min(10000, soft RLIMIT_NOFILE // 2)``: the other
