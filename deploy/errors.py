@@ -8,7 +8,8 @@ Modal they are raised inside the GPU container and re-raised in the wrapper.
     ├── EngineRequestError   the engine rejected the request (4xx from vLLM: bad params, too long)
     ├── EngineUnavailable    the engine is not there: not started, died, or connection lost (503)
     │   └── EngineStartError the engine failed to start; carries the reason from its log
-    └── Overloaded           the wrapper's wait queue is full or the wait timed out (503/429)
+    ├── Overloaded           the wrapper's wait queue is full or the wait timed out (503/429)
+    └── StoreUnavailable     the gateway's state store cannot be read: keys and usage unknown (503)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "EngineStartError",
     "EngineUnavailable",
     "Overloaded",
+    "StoreUnavailable",
     "error_body",
 ]
 
@@ -111,3 +113,11 @@ class Overloaded(EngineError):
 
     status_code = HTTPStatus.SERVICE_UNAVAILABLE
     error_type = "overloaded"
+
+
+class StoreUnavailable(EngineError):
+    """The gateway's state store does not answer, so what it holds (stored keys, usage) is
+    not known: a keyed route answers 503 rather than guess (never open, never a 500)."""
+
+    status_code = HTTPStatus.SERVICE_UNAVAILABLE
+    error_type = "state_store_unavailable"

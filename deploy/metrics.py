@@ -50,6 +50,10 @@ class Metrics:
             "vllm_autoscale_key_tokens", "Engine tokens by key name and direction",
             ["key", "direction"], registry=r,
         )  # fmt: skip
+        self.store_errors = Counter(
+            "vllm_autoscale_state_store_errors", "Failed state store calls by operation",
+            ["op"], registry=r,
+        )  # fmt: skip
         self._key_children: dict[tuple[str, str, str], Any] = {}
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
@@ -85,6 +89,11 @@ class Metrics:
         if child is None:
             child = self._key_children[(metric._name, key, label)] = metric.labels(key, label)
         return child
+
+    def count_store_error(self, op: str) -> None:
+        """One failed state store call (from the gateway's sync thread; the client is
+        thread-safe)."""
+        self.store_errors.labels(op).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,6 +3,20 @@
 One ``Gateway`` per wrapper app. The request path only touches memory (a key lookup, the
 limit counters, a cache probe, ledger counters); the state store is read and written by one
 background task, every ``VLLM_STATE_SYNC_INTERVAL`` seconds and at shutdown.
+
+Who may call (``is_open`` / ``authenticate``), decided before the first request is answered:
+the store is read at start (``start``, from the app's lifespan, or by the first request when
+a server runs no lifespan). The wrapper is open (everyone is the admin ``anonymous``) only
+when no key is configured, ``VLLM_REQUIRE_KEY`` is off, and a fresh read of the store shows
+no key and no ``sealed`` mark (written the first time a store holds a key). A store that
+cannot be read never opens it: keyed routes answer 503 ``state_store_unavailable`` instead,
+and keys made at run time keep working for ``VLLM_STATE_KEY_GRACE`` seconds after the last
+good read.
+
+A sync reads before it writes, and each step on its own: a failed write never stops reading
+keys, revocations and other wrappers' counts. Failures are counted (``/metrics``), shown
+(``/status``) and retried with back-off. Rows the store cannot take at shutdown go to a
+local spill file, written at the next start (spill.py).
 """
 
 from __future__ import annotations
@@ -12,26 +26,32 @@ import contextlib
 import logging
 import os
 import socket
+import statistics
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlparse
 
 import orjson
 
 from ..config import Settings
+from ..errors import StoreUnavailable
 from .cache import CacheLookup, ResponseCache, canonical_json
 from .keys import KeyRecord, KeyRing, load_file, new_key, parse_entries
 from .ledger import Ledger, seconds_to_next_month
 from .limiter import LimitExceeded, RateLimits, Ticket
-from .store import StateStore, open_store
+from .spill import Spill
+from .store import SEALED, StateStore, StoreHealth, describe, open_store
 
-__all__ = ["DEFAULT_LOCAL_STATE", "Gateway", "configured_keys"]
+__all__ = ["DEFAULT_LOCAL_STATE", "Admission", "Gateway", "configured_keys"]
 
 log = logging.getLogger("vllm_autoscale.gateway")
 DEFAULT_LOCAL_STATE = "sqlite:///~/.local/state/vllm-autoscale/gateway.sqlite3"
 _RESERVE_DEFAULT = 1024  # tokens reserved for a request that sets no max_tokens
+_COST_FLOOR_S = 10.0  # GPU seconds an admitted request is assumed to cost, at least
+_MAX_BACKOFF_S = 30.0  # longest pause between sync attempts while the store fails
 
 
 def configured_keys(settings: Settings) -> list[KeyRecord]:
@@ -61,6 +81,25 @@ def _writer_id() -> str:
     return f"{base}-{uuid.uuid4().hex[:8]}"
 
 
+class Admission:
+    """An admitted request's holds on its key: the rate-limit ticket and the cost reserved
+    against its budget. ``settle`` once the request is booked (or failed); idempotent."""
+
+    __slots__ = ("gateway", "key", "settled", "ticket", "usd")
+
+    def __init__(self, gateway: Gateway, key: str, ticket: Ticket, usd: float) -> None:
+        self.gateway, self.key, self.ticket, self.usd = gateway, key, ticket, usd
+        self.settled = False
+
+    def settle(self, used_tokens: int | None = None) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self.ticket.settle(used_tokens)
+        if self.usd:
+            self.gateway._release(self.key, self.usd)
+
+
 class Gateway:
     def __init__(
         self,
@@ -74,7 +113,13 @@ class Gateway:
             "max_streams": settings.default_max_streams,
             "monthly_budget_usd": settings.default_monthly_budget_usd,
         })  # fmt: skip
-        self.store = store or open_store(settings.state_url or DEFAULT_LOCAL_STATE)
+        self.store_url = settings.state_url or DEFAULT_LOCAL_STATE
+        self.store = store or open_store(self.store_url)
+        # A memory store dies with its process: nothing to write at a later start.
+        self.spill = (
+            None if urlparse(self.store_url).scheme == "memory"
+            else Spill(settings.state_spill_dir, self.store_url)
+        )  # fmt: skip
         self.writer = _writer_id()
         self.limits = RateLimits()
         self.ledger = Ledger(self.store, self.writer, clock)
@@ -84,10 +129,20 @@ class Gateway:
             if settings.cache_max_entries > 0 else None
         )  # fmt: skip
         self.clock = clock
+        self.health = StoreHealth()
+        self.on_store_error: Callable[[str], None] | None = None
+        """Called with the operation's name on each failed store call (the metrics' hook)."""
+        self._sealed = not self.keys.empty  # a configured key closes the wrapper at once
+        self._seal_pending = not self.keys.empty
+        self._keys_read_at: float | None = None  # monotonic; None: never read
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._books: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._books_scheduled = False
+        self._in_flight_usd: dict[str, float] = {}
+        self._recent_costs: deque[float] = deque(maxlen=32)
 
     # -- after an answer is sent ------------------------------------------------------------------
 
@@ -111,16 +166,94 @@ class Gateway:
 
     # -- who is asking ---------------------------------------------------------------------------
 
-    def authenticate(self, authorization: str) -> KeyRecord | None:
-        """The key of an ``Authorization`` header value; None when it names no key. An open
-        wrapper (no keys at all) takes everyone as ``anonymous``."""
-        self._ensure_sync()
-        if self.keys.open:
+    def _fresh(self) -> bool:
+        """Whether the stored keys were read within the grace period."""
+        at = self._keys_read_at
+        return at is not None and time.monotonic() - at <= self.settings.state_key_grace
+
+    def is_open(self) -> bool:
+        """Open: no key configured or stored, the store never held one (read freshly), and
+        ``VLLM_REQUIRE_KEY`` off. Every other case is closed."""
+        return (
+            self.keys.empty and not self._sealed and not self.settings.require_key and self._fresh()
+        )
+
+    async def authenticate(self, authorization: str) -> KeyRecord | None:
+        """The key of an ``Authorization`` header value; None when it names no key (401).
+        An open wrapper takes everyone as ``anonymous``. Raises ``StoreUnavailable`` (503)
+        when the answer depends on a store that cannot be read."""
+        if not self._started:
+            await self.start()
+        if self.is_open():
             return self.keys.anonymous
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        record = self.keys.find(token) if token else None
+        if record is not None:
+            if record.source == "store" and not self._fresh():
+                raise self._unavailable("the keys made at run time")
+            return record
+        if self._fresh() or (not token and (self._sealed or self.settings.require_key)):
             return None
-        return self.keys.find(token.strip())
+        # An unknown token may be a stored key; no token may be an open wrapper: unknown.
+        raise self._unavailable("the keys")
+
+    def _unavailable(self, what: str) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the gateway's state store ({describe(self.store_url)}) cannot be read, so "
+            f"{what} cannot be checked; retry shortly",
+            retry_after=max(1.0, self.settings.state_sync_interval),
+        )
+
+    # -- starting -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the store before the first request is answered (keys, the seal, rows a
+        stopped wrapper spilled), log whether the wrapper is open and why, and start the
+        background sync. Called by the app's lifespan; the first request calls it too when
+        a server runs no lifespan. Never raises: a store that fails leaves it closed."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            await asyncio.to_thread(self._first_sync)
+            self._started = True
+            self._log_mode()
+            self._ensure_sync()
+
+    def _first_sync(self) -> None:
+        if self.spill is not None:
+            self._step("write spilled rows", lambda: self.spill.replay(self.store))  # type: ignore[union-attr]
+        if self._seal_pending:
+            self._step("write seal", self._seal)
+        if self._step("read keys", self._read_keys):
+            self.health.ok()
+
+    def _log_mode(self) -> None:
+        where = describe(self.store_url)
+        stored = len(self.keys.records()) - len(self.keys.configured)
+        if self.is_open():
+            log.warning(
+                "the wrapper is OPEN: no key is configured, the state store (%s) holds none "
+                "and never did; every caller is the admin 'anonymous'. Create a key "
+                "(POST /v1/keys) or set VLLM_WRAPPER_API_KEY / VLLM_REQUIRE_KEY=true to close "
+                "it", where,
+            )  # fmt: skip
+        elif self._keys_read_at is None:
+            log.error(
+                "the wrapper is closed: the state store (%s) cannot be read (%s); keyed "
+                "routes answer 503 except for the %d configured key(s) until it can",
+                where, self.health.last_error, len(self.keys.configured),
+            )  # fmt: skip
+        else:
+            why = ("VLLM_REQUIRE_KEY is set" if self.settings.require_key and self.keys.empty
+                   else "the store held keys before" if self.keys.empty else "")  # fmt: skip
+            log.info(
+                "the wrapper is closed: %d configured key(s), %d stored in %s%s",
+                len(self.keys.configured), stored, where,
+                f"; no key works until one is configured ({why})" if why else "",
+            )  # fmt: skip
 
     # -- before the GPU --------------------------------------------------------------------------
 
@@ -133,49 +266,86 @@ class Gateway:
 
     def admit(
         self, caller: KeyRecord, bodies: list[dict[str, Any]], stream: bool = False
-    ) -> Ticket:
+    ) -> Admission:
         """Check the key's budget and take its rate limits for ``bodies``; raise
-        ``LimitExceeded`` (nothing taken) when one is over."""
+        ``LimitExceeded`` (nothing taken) when one is over. Against the budget count the
+        spend booked (every wrapper's, as of the last sync) and what this wrapper's requests
+        in flight are expected to cost: N concurrent requests overrun it by about one."""
         if self._books:
             self.keep_books()
         budget = caller.monthly_budget_usd
-        if budget is not None and self.ledger.month_spend(caller.name) >= budget:
-            raise LimitExceeded(caller.name, "monthly_budget_usd", budget,
-                                seconds_to_next_month(self.clock()))  # fmt: skip
+        usd = 0.0
+        if budget is not None:
+            held = self._in_flight_usd.get(caller.name, 0.0)
+            if self.ledger.month_spend(caller.name) + held >= budget:
+                raise LimitExceeded(caller.name, "monthly_budget_usd", budget,
+                                    seconds_to_next_month(self.clock()))  # fmt: skip
+            usd = self.cost_estimate() * max(1, len(bodies))
         tokens = sum(self.reserve(b) for b in bodies) if caller.tpm is not None else 0
-        return self.limits.admit(caller, len(bodies), tokens, stream)
+        ticket = self.limits.admit(caller, len(bodies), tokens, stream)
+        if usd:
+            self._in_flight_usd[caller.name] = self._in_flight_usd.get(caller.name, 0.0) + usd
+        return Admission(self, caller.name, ticket, usd)
+
+    def _release(self, key: str, usd: float) -> None:
+        left = self._in_flight_usd.get(key, 0.0) - usd
+        if left > 1e-12:
+            self._in_flight_usd[key] = left
+        else:
+            self._in_flight_usd.pop(key, None)
+
+    def cost_estimate(self) -> float:
+        """What a request is assumed to cost until it is booked: the setting, or the mean of
+        recent requests, at least ``_COST_FLOOR_S`` GPU seconds."""
+        if self.settings.request_cost_estimate_usd is not None:
+            return self.settings.request_cost_estimate_usd
+        s = self.settings
+        floor = _COST_FLOOR_S * s.gpu_price_per_hour * s.gpu_count / 3600
+        recent = statistics.fmean(self._recent_costs) if self._recent_costs else 0.0
+        return max(floor, recent)
 
     def reserve(self, body: dict[str, Any]) -> int:
-        """Tokens to hold for a request: its prompt (about 4 bytes a token) and its output cap."""
+        """Tokens to hold for a request: its prompt and tools (about 4 bytes a token) and its
+        output cap for each of its ``n`` choices."""
         prompt = len(canonical_json(body.get("messages") or [])) // 4 + 1
+        if body.get("tools"):
+            prompt += len(canonical_json(body["tools"])) // 4
         output = body.get("max_tokens") or body.get("max_completion_tokens")
-        return prompt + int(output or self.settings.default_max_tokens or _RESERVE_DEFAULT)
+        choices = body.get("n")
+        choices = choices if isinstance(choices, int) and choices > 1 else 1
+        output = int(output or self.settings.default_max_tokens or _RESERVE_DEFAULT)
+        return prompt + choices * output
 
     # -- after the GPU ---------------------------------------------------------------------------
 
     def record(self, caller: KeyRecord, model: str, usage: Mapping[str, Any] | None,
                meta: Mapping[str, Any] | None = None, cache_hit: bool = False,
-               requests: int = 1) -> None:  # fmt: skip
+               requests: int = 1, estimated: bool = False) -> None:  # fmt: skip
         """One answer in the ledger: served by the engine (``meta`` holds its GPU seconds,
-        cold start and cost) or replayed from the cache."""
+        cold start and cost) or replayed from the cache; ``estimated``: the tokens were
+        counted by the wrapper, not reported by the engine."""
         meta = meta or {}
         cost = meta.get("cost") or {}
+        usd = float(cost.get("usd") or 0.0) + float(cost.get("cold_start_usd") or 0.0)
         self.ledger.record(
             caller.name, model, dict(usage or {}),
             gpu_seconds=float(cost.get("gpu_seconds") or 0.0),
             cold_start=bool(meta.get("cold_start")),
-            cost_usd=float(cost.get("usd") or 0.0) + float(cost.get("cold_start_usd") or 0.0),
-            cache_hit=cache_hit, requests=requests,
+            cost_usd=usd, cache_hit=cache_hit, requests=requests, estimated=estimated,
         )  # fmt: skip
+        if not cache_hit and usd > 0:
+            self._recent_costs.append(usd / max(1, requests))
 
     # -- key management (admin routes) -----------------------------------------------------------
 
     def create_key(self, entry: dict[str, Any]) -> tuple[str, KeyRecord]:
-        """A new stored key: its secret (shown once) and its record. Blocking (the store)."""
+        """A new stored key: its secret (shown once) and its record. Blocking (the store).
+        The store is sealed first: once it holds a key, no wrapper on it is open again."""
         if self.keys.get(str(entry.get("name"))) is not None:
             raise KeyError(entry.get("name"))
         token = new_key()
         (record,) = parse_entries([{**entry, "key": token}], "store")
+        self._seal()
         self.store.put_many("keys", {record.name: record.to_doc()})
         self.keys.add_stored(record)
         return token, self.keys.get(record.name) or record
@@ -188,22 +358,62 @@ class Gateway:
 
     # -- the state store -------------------------------------------------------------------------
 
-    def sync_now(self) -> None:
-        """Write this wrapper's ledger rows and limit counters; read everyone else's and the
-        stored keys. Blocking: run it in a thread."""
-        self.ledger.flush()
-        self.ledger.refresh()
-        self.store.put_many("limits", {self.writer: self.limits.publish()})
+    def _seal(self) -> None:
+        self.store.put_many("meta", {SEALED: {"at": time.time(), "by": self.writer}})
+        self._sealed, self._seal_pending = True, False
+
+    def _read_keys(self) -> None:
+        sealed = self.store.get("meta", SEALED) is not None
+        stored = [doc for _, doc in self.store.items("keys")]
+        records = parse_entries(
+            [{k: v for k, v in d.items() if k != "source"} for d in stored], "store"
+        )
+        self.keys.set_stored(records)
+        if records and not sealed:  # a store from before the seal existed: seal it now
+            self._seal_pending = True
+        self._sealed = self._sealed or sealed or bool(records)
+        self._keys_read_at = time.monotonic()
+
+    def _read_limits(self) -> None:
         stale = max(10.0, 5 * self.settings.state_sync_interval)
         peers = [doc for name, doc in self.store.items("limits") if name != self.writer]
         self.limits.absorb(peers, stale_after=stale)
-        stored = [doc for _, doc in self.store.items("keys")]
-        self.keys.set_stored(parse_entries(
-            [{k: v for k, v in d.items() if k != "source"} for d in stored], "store"
-        ))  # fmt: skip
 
-    async def sync(self) -> None:
-        await asyncio.to_thread(self.sync_now)
+    def _write_limits(self) -> None:
+        self.store.put_many("limits", {self.writer: self.limits.publish()})
+
+    def _step(self, op: str, call: Callable[[], object]) -> bool:
+        """One store operation; a failure is counted and logged, never raised."""
+        try:
+            call()
+        except Exception as exc:
+            self.health.failed(op, exc)
+            log.warning("state store %s failed: %s", op, self.health.last_error)
+            if self.on_store_error is not None:
+                self.on_store_error(op)
+            return False
+        return True
+
+    def sync_now(self) -> bool:
+        """Read the stored keys (and revocations), other wrappers' counts and spend; then
+        write this wrapper's ledger rows and counts. Each step runs whatever the others did.
+        Blocking: run it in a thread. True when every step succeeded."""
+        results = [
+            self._step("read keys", self._read_keys),
+            self._step("read limits", self._read_limits),
+            self._step("read spend", self.ledger.refresh),
+            self._step("write ledger", self.ledger.flush),
+            self._step("write limits", self._write_limits),
+        ]
+        if self._seal_pending:
+            results.append(self._step("write seal", self._seal))
+        ok = all(results)
+        if ok:
+            self.health.ok()
+        return ok
+
+    async def sync(self) -> bool:
+        return await asyncio.to_thread(self.sync_now)
 
     def _ensure_sync(self) -> None:
         if self._task is None and not self._closed:
@@ -211,15 +421,34 @@ class Gateway:
                 self._task = asyncio.get_running_loop().create_task(self._sync_loop())
 
     async def _sync_loop(self) -> None:
+        interval = self.settings.state_sync_interval
+        delay = interval
         while True:
+            await asyncio.sleep(delay)
             try:
-                await self.sync()
-            except Exception:
-                log.warning("state store sync failed; retrying", exc_info=True)
-            await asyncio.sleep(self.settings.state_sync_interval)
+                ok = await self.sync()
+            except Exception:  # a bug, not the store: keep syncing
+                log.exception("state store sync failed")
+                ok = False
+            # Back off while the store fails, up to _MAX_BACKOFF_S (or the interval, if longer).
+            delay = interval if ok else min(delay * 2, max(interval, _MAX_BACKOFF_S))
+
+    def store_status(self) -> dict[str, Any]:
+        """What ``/status`` shows of the store (no key, no hash)."""
+        return {
+            "url": describe(self.store_url),
+            "open": self.is_open(),
+            "keys_read_s_ago": (
+                None if self._keys_read_at is None
+                else round(time.monotonic() - self._keys_read_at, 1)
+            ),
+            **self.health.to_dict(),
+        }  # fmt: skip
 
     async def aclose(self) -> None:
-        """Stop syncing and write everything once more (a restart loses no ledger row)."""
+        """Stop syncing and write everything once more (a restart loses no ledger row; rows
+        the store cannot take go to the spill file). Never raises: the app's shutdown must
+        go on to close its transports."""
         self._closed = True
         self.keep_books()
         if self._task is not None:
@@ -230,6 +459,25 @@ class Gateway:
         await asyncio.to_thread(self._final_flush)
 
     def _final_flush(self) -> None:
-        self.ledger.flush()
-        self.store.delete("limits", self.writer)  # its counts stop at once, not when stale
-        self.store.close()
+        if not self._step("write ledger", self.ledger.flush):
+            self._spill()
+        self._step("write limits", lambda: self.store.delete("limits", self.writer))
+        with contextlib.suppress(Exception):
+            self.store.close()
+
+    def _spill(self) -> None:
+        pending = self.ledger.unflushed()
+        if not pending:
+            return
+        rows = len(pending["ledger"])
+        if self.spill is not None:
+            try:
+                path = self.spill.keep(self.writer, pending)
+            except OSError as exc:
+                log.error("cannot keep %d ledger row(s) in the spill folder (%s)", rows, exc)
+            else:
+                log.error("the state store is down: %d ledger row(s) kept in %s, written at "
+                          "the next start", rows, path)  # fmt: skip
+                return
+        # Last resort: the rows in the log (key names and counts; never a key).
+        log.error("ledger rows not written: %s", orjson.dumps(pending).decode())

@@ -10,7 +10,8 @@ leaked keys file or state store gives nobody a working key). Where keys come fro
 
 An entry: ``{"name", "key" or "sha256", "role": "user"|"admin", "rpm", "tpm",
 "max_streams", "monthly_budget_usd"}``; a limit left out takes the ``VLLM_DEFAULT_*`` one.
-With no key configured anywhere, every request is the admin ``anonymous`` (local use).
+With no key configured and none ever stored, every request is the admin ``anonymous`` (local
+use); see ``Gateway.is_open`` for the whole rule.
 """
 
 from __future__ import annotations
@@ -146,9 +147,14 @@ class KeyRing:
         return replace(record, **filled) if filled else record
 
     @property
-    def open(self) -> bool:
-        """No key anywhere: the wrapper is open (every caller is ``ANONYMOUS``)."""
+    def empty(self) -> bool:
+        """No key in this ring. Whether the wrapper is open is the gateway's decision, which
+        also asks the store (``Gateway.is_open``): an empty ring alone never opens it."""
         return not self._all
+
+    @property
+    def configured(self) -> list[KeyRecord]:
+        return list(self._configured)
 
     def find(self, token: str) -> KeyRecord | None:
         # Looked up by the token's SHA-256: what a timing difference could tell is about

@@ -32,6 +32,7 @@ COUNTERS = (
     "gpu_seconds",
     "cold_starts",
     "cost_usd",
+    "estimated",
 )
 
 
@@ -52,6 +53,9 @@ class UsageRow:
     gpu_seconds: float = 0.0
     cold_starts: int = 0
     cost_usd: float = 0.0
+    estimated: int = 0
+    """Of ``requests``, those whose tokens the wrapper counted itself (a stream dropped or
+    failed before the engine's usage chunk, or a fallback that sent none)."""
 
     def add(self, other: UsageRow | dict[str, Any]) -> None:
         get = other.get if isinstance(other, dict) else lambda n, d=0: getattr(other, n)
@@ -98,6 +102,7 @@ class Ledger:
         cost_usd: float = 0.0,
         cache_hit: bool = False,
         requests: int = 1,
+        estimated: bool = False,
     ) -> None:
         usage = usage or {}
         prompt = int(usage.get("prompt_tokens") or 0)
@@ -118,6 +123,7 @@ class Ledger:
                 row.gpu_seconds += gpu_seconds
                 row.cold_starts += int(cold_start)
                 row.cost_usd += cost_usd
+                row.estimated += requests if estimated else 0
                 spent = (day[:7], key)
                 self._spend[spent] = self._spend.get(spent, 0.0) + cost_usd
             self._dirty.add(ident)
@@ -146,28 +152,38 @@ class Ledger:
 
     # -- the store (blocking: called from a worker thread) -------------------------------------
 
+    def _docs(self, idents: set[tuple[str, str, str]]) -> dict[str, dict[str, Any]]:
+        return {
+            "|".join((*ident, self.writer)): {**self._rows[ident].to_dict(),
+                                              "writer": self.writer}
+            for ident in idents
+        }  # fmt: skip
+
+    def _spend_doc(self) -> dict[str, dict[str, Any]]:
+        month = self._month()
+        return {f"{month}|{self.writer}": {"at": self.clock(), "keys": self._own_spend(month)}}
+
     def flush(self) -> None:
         """Write this writer's changed rows and its month's spend summary."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-            docs = {
-                "|".join((*ident, self.writer)): {**self._rows[ident].to_dict(),
-                                                  "writer": self.writer}
-                for ident in dirty
-            }  # fmt: skip
+            docs = self._docs(dirty)
         if not docs:
             return
         try:
             self.store.put_many("ledger", docs)
-            month = self._month()
-            self.store.put_many(
-                "spend",
-                {f"{month}|{self.writer}": {"at": self.clock(), "keys": self._own_spend(month)}},
-            )
+            self.store.put_many("spend", self._spend_doc())
         except BaseException:
             with self._lock:  # written next time
                 self._dirty |= dirty
             raise
+
+    def unflushed(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """What ``flush`` has not written yet, table by table (empty when nothing): the
+        documents are whole, so writing them again later, by anyone, counts nothing twice."""
+        with self._lock:
+            docs = self._docs(self._dirty)
+        return {"ledger": docs, "spend": self._spend_doc()} if docs else {}
 
     def refresh(self) -> None:
         """Other writers' month-to-date spend, for budgets."""

@@ -20,15 +20,30 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-__all__ = ["MemoryStore", "ModalDictStore", "SQLiteStore", "StateStore", "open_store"]
+__all__ = [
+    "SEALED",
+    "MemoryStore",
+    "ModalDictStore",
+    "SQLiteStore",
+    "StateStore",
+    "StoreHealth",
+    "describe",
+    "open_store",
+]
 
 Doc = dict[str, Any]
-TABLES = ("ledger", "spend", "limits", "keys")
+TABLES = ("ledger", "spend", "limits", "keys", "meta")
+SEALED = "sealed"
+"""The ``meta`` document a store gets when it first holds a key: from then on no wrapper on
+that store is ever open, even once every key is gone (gateway.py)."""
 
 
 class StateStore(Protocol):
@@ -177,3 +192,47 @@ def open_store(url: str) -> StateStore:
     if parsed.scheme == "modal-dict" and parsed.netloc:
         return ModalDictStore(parsed.netloc)
     raise ValueError(f"VLLM_STATE_URL={url!r}: use sqlite:///PATH, modal-dict://NAME or memory://")
+
+
+def describe(url: str) -> str:
+    """The store's URL as errors and ``/status`` may show it (no query, no credentials)."""
+    parsed = urlparse(url)
+    where = parsed.netloc.rpartition("@")[2] + parsed.path
+    return f"{parsed.scheme}://{where}"
+
+
+@dataclass
+class StoreHealth:
+    """How the gateway's calls to its store went: failures by operation, the last error, the
+    last success. Written from the sync thread, read by ``/status`` and ``/metrics``."""
+
+    failures: Counter[str] = field(default_factory=Counter)
+    consecutive: int = 0
+    last_ok: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def ok(self) -> None:
+        self.consecutive, self.last_ok = 0, time.time()
+
+    def failed(self, op: str, exc: BaseException) -> None:
+        self.failures[op] += 1
+        self.consecutive += 1
+        # The exception's type and first line: a store error never carries a key (keys are
+        # stored hashed), and a path or Dict name is the operator's to see.
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        self.last_error = f"{op}: {type(exc).__name__}: {first}"
+        self.last_error_at = time.time()
+
+    def to_dict(self) -> dict[str, object]:
+        now = time.time()
+        return {
+            "ok": self.consecutive == 0 and self.last_ok is not None,
+            "consecutive_failures": self.consecutive,
+            "failures": dict(self.failures),
+            "last_ok_s_ago": None if self.last_ok is None else round(now - self.last_ok, 1),
+            "last_error": self.last_error,
+            "last_error_s_ago": (
+                None if self.last_error_at is None else round(now - self.last_error_at, 1)
+            ),
+        }

@@ -35,6 +35,7 @@ from . import (
 )
 from .middleware import FastPath, RequestContext
 from .models import ModelRegistry
+from .routes_gateway import NewKey
 from .service import InferenceService
 
 __all__ = ["create_app"]
@@ -73,22 +74,28 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Who may call is known before the first request: the store's keys are read first.
+        await gateway.start()
         yield
-        # On Modal, a container stop; locally, LocalStack has drained already (a no-op).
-        await app.state.service.drain(settings.drain_grace)
-        await gateway.aclose()  # the ledger's last rows
-        for served in registry.models.values():
-            await served.transport.aclose()
-        if fallback is not None:
-            await fallback.aclose()
+        try:
+            # On Modal, a container stop; locally, LocalStack has drained already (a no-op).
+            await app.state.service.drain(settings.drain_grace)
+            await gateway.aclose()  # the ledger's last rows (spilled if the store is down)
+        finally:
+            for served in registry.models.values():
+                await served.transport.aclose()
+            if fallback is not None:
+                await fallback.aclose()
 
-    # With keys, the docs need one too (unless VLLM_PUBLIC_DOCS): routes_docs serves them.
-    public_docs = settings.public_docs or gateway.keys.open
+    # The docs need a key like every route (an open wrapper lets everyone in), unless
+    # VLLM_PUBLIC_DOCS: routes_docs serves them.
+    public_docs = settings.public_docs
     app = FastAPI(
         title=SERVICE_NAME, version=SERVICE_VERSION, description=DESCRIPTION, lifespan=lifespan,
         **({} if public_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
     )  # fmt: skip
     metrics = Metrics()
+    gateway.on_store_error = metrics.count_store_error
     app.state.settings = settings
     app.state.transport = registry.default.transport
     app.state.models = registry
@@ -123,7 +130,7 @@ def _openapi(app: FastAPI, models: RequestModels) -> dict[str, Any]:
     )
     # The inference routes read their bodies themselves (after auth): their request models
     # join the schema here, from the same classes that validate.
-    request_bodies = (models.chat, models.chat_completion, models.batch)
+    request_bodies = (models.chat, models.chat_completion, models.batch, NewKey)
     _, defs = models_json_schema(
         [(m, "validation") for m in request_bodies], ref_template="#/components/schemas/{model}"
     )

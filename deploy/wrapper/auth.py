@@ -17,9 +17,10 @@ __all__ = ["Admin", "ApiKey", "Caller", "require_admin", "require_api_key"]
 
 
 async def require_api_key(request: Request) -> KeyRecord:
-    """The caller's key (constant-time comparisons); ``AuthError`` when none matches."""
+    """The caller's key (constant-time comparisons); ``AuthError`` when none matches,
+    ``StoreUnavailable`` (503) when the state store must be read to know."""
     gateway: Gateway = request.app.state.gateway
-    caller = gateway.authenticate(request.headers.get("authorization", ""))
+    caller = await gateway.authenticate(request.headers.get("authorization", ""))
     if caller is None:
         raise AuthError()
     request.state.caller = caller

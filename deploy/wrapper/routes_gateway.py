@@ -4,6 +4,7 @@ and key management for admins (``GET``/``POST /v1/keys``, ``DELETE /v1/keys/{nam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from http import HTTPStatus
 from typing import Any, Literal
@@ -12,11 +13,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import StoreUnavailable
 from ..gateway import Gateway
 from ..gateway.ledger import total
+from ..gateway.store import describe
 from .auth import Admin, Caller
-from .handlers import Forbidden, InvalidRequest
-from .responses import ADMIN_ERRORS, errors
+from .handlers import Forbidden, InvalidRequest, parse_body
+from .responses import ADMIN_ERRORS, errors, json_body
 
 __all__ = ["NewKey", "router"]
 
@@ -36,7 +39,7 @@ def _date(value: str | None, param: str) -> str | None:
         raise InvalidRequest(f"{param} must be a date, YYYY-MM-DD", param) from None
 
 
-@router.get("/v1/usage", responses=errors(422))
+@router.get("/v1/usage", responses=errors(422, 503))
 async def usage(
     request: Request,
     caller: Caller,
@@ -53,11 +56,21 @@ async def usage(
     gateway = _gateway(request)
 
     def read() -> list[Any]:
-        gateway.ledger.flush()  # this wrapper's latest counts too
+        # This wrapper's latest counts too; a failed write leaves them for the next sync,
+        # and the rows the store holds are still shown.
+        with contextlib.suppress(Exception):
+            gateway.ledger.flush()
         return gateway.ledger.query(key, first, last)
 
     gateway.keep_books()  # answers already sent are in the ledger before it is read
-    rows = await asyncio.to_thread(read)
+    try:
+        rows = await asyncio.to_thread(read)
+    except Exception as exc:
+        gateway.health.failed("read ledger", exc)
+        raise StoreUnavailable(
+            f"the usage ledger's store ({describe(gateway.store_url)}) cannot be read; "
+            "retry shortly", retry_after=max(1.0, gateway.settings.state_sync_interval),
+        ) from None  # fmt: skip
     return {
         "object": "list",
         "data": [row.to_dict() for row in rows],
@@ -87,16 +100,29 @@ async def list_keys(request: Request, _: Admin) -> dict[str, Any]:
     return {"object": "list", "data": [k.public() for k in _gateway(request).keys.records()]}
 
 
-@router.post("/v1/keys", status_code=HTTPStatus.CREATED, responses=errors(400, 409, 422))
-async def create_key(request: Request, new: NewKey, _: Admin) -> dict[str, Any]:
-    """A new key, kept (hashed) in the state store: its secret is in this answer only."""
+@router.post(
+    "/v1/keys", status_code=HTTPStatus.CREATED, responses=errors(400, 409, 422),
+    openapi_extra=json_body(NewKey),
+)  # fmt: skip
+async def create_key(request: Request, _: Admin) -> dict[str, Any]:
+    """A new key, kept (hashed) in the state store: its secret is in this answer only.
+    The first key closes an open wrapper for good (``closed_wrapper`` says so)."""
+    # The body is read after the admin key is checked: no key, no parsing.
+    new = parse_body(NewKey, await request.body())
     gateway = _gateway(request)
+    was_open = gateway.is_open()
     try:
         token, record = await asyncio.to_thread(gateway.create_key, new.model_dump())
     except KeyError:
         raise InvalidRequest(f"a key named {new.name!r} exists", "name",
                              HTTPStatus.CONFLICT) from None  # fmt: skip
-    return {"key": token, **record.public()}
+    answer = {"key": token, **record.public()}
+    if was_open:
+        answer["closed_wrapper"] = (
+            "the wrapper was open and is now closed: every route but / and /health needs a "
+            "key from now on, on every wrapper of this store"
+        )
+    return answer
 
 
 @router.delete("/v1/keys/{name}", status_code=HTTPStatus.NO_CONTENT, responses=errors(404, 409))

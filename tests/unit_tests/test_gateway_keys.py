@@ -189,12 +189,12 @@ def test_find_matches_a_key_declared_by_its_hash() -> None:
     assert keys.find(hash_key("ops-token")) is None  # the hash itself is not a key
 
 
-def test_an_empty_ring_is_open_and_anonymous_is_admin_with_defaults() -> None:
+def test_an_empty_ring_is_empty_and_anonymous_is_admin_with_defaults() -> None:
     keys = ring(rpm=60, tpm=None)
-    assert keys.open
+    assert keys.empty
     assert keys.anonymous.is_admin and keys.anonymous.name == ANONYMOUS.name
     assert keys.anonymous.rpm == 60
-    assert not ring(one()).open
+    assert not ring(one()).empty
 
 
 def test_duplicate_configured_names_are_refused() -> None:
@@ -246,7 +246,7 @@ def test_add_stored_replaces_same_name_and_remove_stored_drops_it() -> None:
     assert len(keys.records()) == 1
     keys.remove_stored("svc")
     assert keys.find("new") is None and keys.get("svc") is None
-    assert keys.open
+    assert keys.empty
 
 
 def test_set_stored_replaces_the_previous_stored_set() -> None:
