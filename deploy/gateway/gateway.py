@@ -387,12 +387,16 @@ class Gateway:
         try:
             call()
         except Exception as exc:
-            self.health.failed(op, exc)
-            log.warning("state store %s failed: %s", op, self.health.last_error)
-            if self.on_store_error is not None:
-                self.on_store_error(op)
+            self.store_failed(op, exc)
             return False
         return True
+
+    def store_failed(self, op: str, exc: BaseException) -> None:
+        """Count, show and log a failed store call (``op`` names it: "read ledger" ...)."""
+        self.health.failed(op, exc)
+        log.warning("state store %s failed: %s", op, self.health.last_error)
+        if self.on_store_error is not None:
+            self.on_store_error(op)
 
     def sync_now(self) -> bool:
         """Read the stored keys (and revocations), other wrappers' counts and spend; then
@@ -413,6 +417,7 @@ class Gateway:
         return ok
 
     async def sync(self) -> bool:
+        self.keep_books()  # answers already sent are written with this sync
         return await asyncio.to_thread(self.sync_now)
 
     def _ensure_sync(self) -> None:

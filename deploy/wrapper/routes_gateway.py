@@ -66,7 +66,7 @@ async def usage(
     try:
         rows = await asyncio.to_thread(read)
     except Exception as exc:
-        gateway.health.failed("read ledger", exc)
+        gateway.store_failed("read ledger", exc)
         raise StoreUnavailable(
             f"the usage ledger's store ({describe(gateway.store_url)}) cannot be read; "
             "retry shortly", retry_after=max(1.0, gateway.settings.state_sync_interval),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -27,9 +28,10 @@ from ..errors import EngineError, EngineUnavailable
 from ..fallback import ColdRouter
 from ..gateway import Gateway, KeyRecord
 from ..gateway.cache import CacheLookup, StreamRecorder, replay_chunks
-from ..gateway.limiter import Ticket
+from ..gateway.gateway import Admission
 from ..metrics import Metrics
 from ..protocol import BatchRequest, ChatCompletionRequest, ChatRequest
+from .accounting import StreamTally, estimate_usage, rough_usage, split_by_model
 from .handlers import ClientGone, InvalidRequest, engine_error_response
 from .models import ModelRegistry, ServedModel
 from .streaming import DONE, END, HEARTBEAT, KEEP_ALIVE, PumpedStream, StreamPump, sse, sse_stream
@@ -181,10 +183,22 @@ class InferenceService:
             return engine
         return await self.cold.pick(engine, request.headers)
 
+    def _salt(self, caller: KeyRecord, body: dict[str, Any]) -> None:
+        """Per-key prefix caches (``VLLM_PREFIX_CACHE_ISOLATION=per_key``): vLLM shares cached
+        prefixes only between requests with the same ``cache_salt``. The salt comes from the
+        key's hash, which no other caller knows; a caller's own salt is replaced."""
+        if self.settings.prefix_cache_isolation == "per_key":
+            body["cache_salt"] = hashlib.sha256(b"cache-salt:" + caller.sha256.encode()).hexdigest()
+
     def _served(
-        self, caller: KeyRecord, usage: dict | None, meta: dict[str, Any], model: str | None = None
+        self,
+        caller: KeyRecord,
+        usage: dict | None,
+        meta: dict[str, Any],
+        model: str | None = None,
+        estimated: bool = False,
     ) -> None:
-        self.gateway.record(caller, model or self.model_name, usage, meta)
+        self.gateway.record(caller, model or self.model_name, usage, meta, estimated=estimated)
         self.metrics.count_usage(usage, caller.name)
         self.metrics.count_key(caller.name, "served")
 
@@ -208,6 +222,7 @@ class InferenceService:
             return lookup.hit, self.hit_meta(request)
         ticket = self.gateway.admit(caller, [body])
         served = self.route(body)
+        self._salt(caller, body)
         started = time.perf_counter()
         try:
             with self._tracked():
@@ -228,7 +243,7 @@ class InferenceService:
     def _book(
         self,
         caller: KeyRecord,
-        ticket: Ticket,
+        ticket: Admission,
         answer: dict[str, Any],
         meta: dict[str, Any],
         model: str | None,
@@ -256,6 +271,8 @@ class InferenceService:
         bodies = [self.engine_body(r, f"requests.{i}.") for i, r in enumerate(req.requests)]
         served_model = self._batch_model(bodies)
         ticket = self.gateway.admit(caller, bodies)
+        for body in bodies:
+            self._salt(caller, body)
         started = time.perf_counter()
         try:
             with self._tracked():
@@ -267,10 +284,16 @@ class InferenceService:
             raise
         meta = self.meta(request, reply.facts or Facts(), started, settings=served_model.settings)
         items = self._items(reply.body, meta)
-        served = [item["response"] for item in items if "response" in item]
+        answers = [item.get("response") for item in items]
+        served = [a for a in answers if a is not None]
         usage = _sum_usage(r.get("usage") for r in served)
         ticket.settle(_tokens(usage))
-        self.gateway.record(caller, served_model.name, usage, meta, requests=len(served))
+        # Each item under the model or adapter it named; the call's cost shared by item.
+        for model, group in split_by_model(bodies, answers).items():
+            share = _scaled(meta, len(group) / len(served))
+            group_usage = _sum_usage(r.get("usage") for r in group)
+            self.gateway.record(caller, model or served_model.name, group_usage, share,
+                                requests=len(group))  # fmt: skip
         self.metrics.count_usage(usage, caller.name)
         for _ in served:
             self.metrics.count_key(caller.name, "served")
@@ -317,13 +340,17 @@ class InferenceService:
         self._admit()
         ticket = self.gateway.admit(caller, [body], stream=True)
         served = self.route(body)
+        self._salt(caller, body)
         started = time.perf_counter()
         try:
             transport = await self._pick(request, served.transport)
         except BaseException:
             ticket.settle(None)
             raise
-        pump = StreamPump(transport.stream(body), self.settings.heartbeat_interval)
+        # The tally sees every chunk the engine sends, ahead of the client: a stream that ends
+        # without the engine's usage is still booked (_book_unfinished).
+        tally = StreamTally()
+        pump = StreamPump(tally.watch(transport.stream(body)), self.settings.heartbeat_interval)
         self._streams.add(pump)
         try:
             first = await pump.get()
@@ -337,6 +364,7 @@ class InferenceService:
                 return engine_error_response(exc)
             raise
         run = _StreamRun(caller, ticket, started, wants_usage, lookup, transport, served, body)
+        run.tally = tally
         # Tool calls go out whole (see tool_stream.py); a stream without tools is not touched.
         run.tools = ToolCallAssembler() if wants_tool_assembly(body) else None
         cold = await self._cold(first, transport)
@@ -344,9 +372,13 @@ class InferenceService:
                    "x-served-by": run.served_by}  # fmt: skip
         events = self._events(request, pump, first, run)
 
-        def closed() -> None:
+        async def closed() -> None:
             self._streams.discard(pump)
-            ticket.settle(None)  # no-op once the usage chunk settled it
+            try:
+                if not run.booked:  # ended before the engine's usage reached the books
+                    await self._book_unfinished(request, run)
+            finally:
+                ticket.settle(None)  # no-op once booked
 
         return PumpedStream(events, pump, media_type="text/event-stream", headers=headers,
                             on_close=closed)  # fmt: skip
@@ -400,6 +432,7 @@ class InferenceService:
                                      run.settings)  # fmt: skip
                     run.ticket.settle(_tokens(chunk["usage"]))
                     self._served(run.caller, chunk["usage"], meta, run.model)
+                    run.booked = True
                     if run.wants_usage:
                         chunk["vllm_autoscale"] = meta
                         yield sse(chunk)
@@ -413,6 +446,34 @@ class InferenceService:
             run.store_in_cache(self.gateway)
         yield DONE
 
+    async def _book_unfinished(self, request: Request, run: _StreamRun) -> None:
+        """Book a stream that ended without its usage reaching the books: the engine's usage
+        if the tally saw it, else the tokens counted from what the engine sent (estimated)."""
+        tally = run.tally
+        if tally is None or (tally.usage is None and not tally.pieces):
+            return  # nothing was generated (failed before its first token)
+        usage, estimated = tally.usage, tally.usage is None
+        if usage is None:
+            try:
+                usage = await estimate_usage(run.body, tally, run.counter)
+            except asyncio.CancelledError:  # shutting down: book it roughly, now
+                self._book_stream(request, run, rough_usage(run.body, tally), True)
+                raise
+        self._book_stream(request, run, usage, estimated)
+
+    def _book_stream(
+        self, request: Request, run: _StreamRun, usage: dict[str, Any], estimated: bool
+    ) -> None:
+        facts = run.tally.facts if run.tally is not None else None
+        meta = self.meta(request, facts or Facts(), run.started, run.cache, run.served_by,
+                         run.settings)  # fmt: skip
+        run.ticket.settle(_tokens(usage))
+        self._served(run.caller, usage, meta, run.model, estimated=estimated)
+        run.booked = True
+        if estimated:
+            log.info("booked an unfinished stream's tokens as counted by the wrapper: %s",
+                     usage, extra={"request_id": request.state.request_id})  # fmt: skip
+
 
 class _StreamRun:
     """What one stream carries from its admission to its end."""
@@ -420,7 +481,7 @@ class _StreamRun:
     def __init__(
         self,
         caller: KeyRecord,
-        ticket: Ticket,
+        ticket: Admission,
         started: float,
         wants_usage: bool,
         lookup: CacheLookup,
@@ -429,7 +490,10 @@ class _StreamRun:
         body: dict[str, Any],
     ) -> None:
         self.caller, self.ticket, self.started = caller, ticket, started
-        self.wants_usage, self.lookup = wants_usage, lookup
+        self.wants_usage, self.lookup, self.body = wants_usage, lookup, body
+        self.tally: StreamTally | None = None
+        self.booked = False
+        self.counter = served.counter
         self.tools: ToolCallAssembler | None = None
         by_engine = transport is served.transport
         self.served_by = "engine" if by_engine else "fallback"
@@ -448,6 +512,12 @@ class _StreamRun:
 
 def _tokens(usage: dict[str, Any] | None) -> int | None:
     return int(usage.get("total_tokens") or 0) if usage else None
+
+
+def _scaled(meta: dict[str, Any], share: float) -> dict[str, Any]:
+    """``meta`` with its cost (GPU seconds and dollars) multiplied by ``share``."""
+    cost = {k: v * share for k, v in (meta.get("cost") or {}).items()}
+    return {**meta, "cost": cost}
 
 
 def _sum_usage(usages: Any) -> dict[str, int]:

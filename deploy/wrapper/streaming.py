@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -112,7 +112,7 @@ class PumpedStream(StreamingResponse):
         self,
         content: AsyncIterator[bytes],
         pump: StreamPump,
-        on_close: Callable[[], None] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(content, **kwargs)
@@ -122,6 +122,8 @@ class PumpedStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            if self._on_close is not None:
-                self._on_close()
-            await self._pump.aclose()
+            try:
+                await self._pump.aclose()  # first: the engine stream is read no further
+            finally:
+                if self._on_close is not None:
+                    await self._on_close()

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from pydantic import SecretStr
+from starlette.types import Message
 
 from deploy.config import Settings
 from deploy.contract import (
@@ -43,6 +44,7 @@ __all__ = [
     "chunk",
     "client_for",
     "completion",
+    "drop_stream",
     "fresh_app",
     "make_settings",
     "sse_data",
@@ -296,3 +298,46 @@ def sse_data(events: list[str]) -> list[Any]:
             payload = event.removeprefix("data: ")
             out.append(payload if payload == "[DONE]" else json.loads(payload))
     return out
+
+
+async def drop_stream(
+    app: FastAPI, body: dict[str, Any], token: str | None = KEY, after: int = 1
+) -> list[Message]:
+    """POST a stream to ``/v1/chat/completions`` over raw ASGI and disconnect once ``after``
+    ``data:`` events have arrived (a client that goes away mid-stream); the messages sent."""
+    raw = json.dumps(body).encode()
+    headers = [(b"host", b"wrapper"), (b"content-type", b"application/json"),
+               (b"content-length", str(len(raw)).encode())]  # fmt: skip
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    scope: dict[str, Any] = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "root_path": "", "query_string": b"", "headers": headers,
+        "client": ("127.0.0.1", 1), "server": ("wrapper", 80),
+    }  # fmt: skip
+    sent: list[Message] = []
+    enough = asyncio.Event()
+    requested = False
+    seen = 0
+
+    async def receive() -> Message:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        await enough.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal seen
+        sent.append(message)
+        if message["type"] == "http.response.start" and message["status"] != 200:
+            enough.set()
+        if message["type"] == "http.response.body":
+            seen += message.get("body", b"").count(b"data: ")
+            if seen >= after or not message.get("more_body", False):
+                enough.set()
+
+    await asyncio.wait_for(app(scope, receive, send), 5)
+    return sent
