@@ -6,7 +6,14 @@ parameter; not ``stream`` or ``stream_options``, so a streamed and a plain reque
 entry) and of the caller's key name, unless the cache is shared across keys
 (``VLLM_CACHE_SHARED``). Entries are bounded in number and bytes and expire after a TTL
 (cachetools' ``TTLCache``, least recently used first). Streams fill the cache too: their
-chunks are put together into the completion a plain request would have had.
+chunks are put together into the completion a plain request would have had, and that entry
+knows what it lacks: a stream carries no logprobs, prompt logprobs nor token ids (and not
+always its ``stop_reason``), so a request asking for those misses it, and the plain answer it
+then gets replaces the entry. A plain answer answers a stream too.
+
+Every entry remembers the model (or adapter) it was asked of, the request's ``model``:
+``drop_model`` forgets them all, as an adapter reloaded under the same name must. An answer
+whose request was looked up before its model was forgotten is not stored.
 
 ``Cache-Control: no-cache`` skips the lookup (the fresh answer replaces the entry);
 ``no-store`` keeps the request away from the cache altogether.
@@ -19,14 +26,27 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from cachetools import TTLCache
 
-__all__ = ["CacheLookup", "ResponseCache", "StreamRecorder", "canonical_json", "replay_chunks"]
+__all__ = [
+    "CacheLookup",
+    "RecordedCompletion",
+    "ResponseCache",
+    "StreamRecorder",
+    "canonical_json",
+    "replay_chunks",
+]
 
 _NOT_IN_KEY = frozenset({"stream", "stream_options", "user"})
+
+# What a request can ask for that a stream put together does not have: vLLM's plain answer
+# carries them (choices' ``logprobs`` and ``token_ids``, the answer's ``prompt_logprobs`` and
+# ``prompt_token_ids``); the recorder keeps none of them.
+_NOT_IN_STREAMS = frozenset({"logprobs", "prompt_logprobs", "token_ids"})
+_NOTHING: frozenset[str] = frozenset()
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -37,6 +57,40 @@ def canonical_json(obj: Any) -> bytes:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     except TypeError:
         return json.dumps(obj, sort_keys=True, default=str).encode()
+
+
+def _needs(body: dict[str, Any]) -> frozenset[str]:
+    """What of a full answer the request asks for, beyond its messages."""
+    needs = set()
+    if body.get("logprobs") or body.get("top_logprobs"):
+        needs.add("logprobs")
+    if body.get("prompt_logprobs") is not None:
+        needs.add("prompt_logprobs")
+    if body.get("return_token_ids"):
+        needs.add("token_ids")
+    if body.get("stop") or body.get("stop_token_ids"):
+        needs.add("stop_reason")  # which stop string (or token) ended the answer
+    return frozenset(needs) if needs else _NOTHING
+
+
+class RecordedCompletion(dict[str, Any]):
+    """A completion put together from a stream (``StreamRecorder.completion``): ``put`` files
+    it as an entry that lacks what streams do not carry."""
+
+
+class _Entry(NamedTuple):
+    raw: bytes
+    size: int
+    lacks: frozenset[str]  # what a request may ask for that this answer does not have
+
+
+class _LookedUp(str):
+    """A key as ``lookup`` hands it out (to ``put``, with the answer): it also remembers the
+    request's model and that model's generation then."""
+
+    __slots__ = ("generation", "model")
+    model: str | None
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -56,10 +110,15 @@ class ResponseCache:
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_entries, self.shared = max_entries, shared
-        self._entries: TTLCache[str, tuple[bytes, int]] = TTLCache(
-            maxsize=max_bytes, ttl=ttl, timer=timer, getsizeof=lambda entry: entry[1]
+        self._entries: TTLCache[str, _Entry] = TTLCache(
+            maxsize=max_bytes, ttl=ttl, timer=timer, getsizeof=lambda entry: entry.size
         )
         self.hits = self.misses = 0
+        # The keys stored for each model (some maybe expired or evicted since: pruned now and
+        # then), and how many times each model was dropped.
+        self._by_model: dict[str | None, set[str]] = {}
+        self._indexed = 0
+        self._generations: dict[str, int] = {}
 
     @staticmethod
     def cacheable(body: dict[str, Any]) -> bool:
@@ -81,25 +140,67 @@ class ResponseCache:
         key = self.key_for(caller, body)
         if "no-cache" not in directives:
             entry = self._entries.get(key)
-            if entry is not None:
+            if entry is not None and not (entry.lacks and entry.lacks & _needs(body)):
                 self.hits += 1
-                return CacheLookup(key, orjson.loads(entry[0]))
+                return CacheLookup(key, orjson.loads(entry.raw))
         self.misses += 1
-        return CacheLookup(key, store=True)
+        model = body.get("model")
+        looked_up = _LookedUp(key)
+        looked_up.model = model if isinstance(model, str) else None
+        looked_up.generation = self._generations.get(looked_up.model or "", 0)
+        return CacheLookup(looked_up, store=True)
 
-    def put(self, key: str, completion: dict[str, Any]) -> None:
+    def put(self, key: str, completion: dict[str, Any], *, streamed: bool | None = None) -> None:
+        """Store an answer under a key from ``lookup`` (or ``key_for``). ``streamed``: put
+        together from a stream (default: whether it is a ``RecordedCompletion``)."""
+        if streamed is None:
+            streamed = isinstance(completion, RecordedCompletion)
+        model = getattr(key, "model", None) or completion.get("model")
+        if isinstance(key, _LookedUp) and key.generation != self._generations.get(
+            key.model or "", 0
+        ):
+            return  # its model was dropped (an adapter reloaded) while this request ran
+        key = str(key)
         clean = {k: v for k, v in completion.items() if k != "vllm_autoscale"}
         choices = clean.get("choices") or []
         if not choices or any(c.get("finish_reason") not in ("stop", "length", "tool_calls")
                               for c in choices):  # fmt: skip
             return  # an aborted or odd answer is not worth replaying
+        lacks = _NOTHING
+        if streamed:
+            lacks = _NOT_IN_STREAMS
+            if any("stop_reason" not in c for c in choices):
+                lacks = lacks | {"stop_reason"}
         raw = orjson.dumps(clean)
         size = len(raw) + len(key)
         if size > self._entries.maxsize:
             return
         while key not in self._entries and len(self._entries) >= self.max_entries:
             self._entries.popitem()  # the least recently used (none when replacing an entry)
-        self._entries[key] = (raw, size)
+        self._entries[key] = _Entry(raw, size, lacks)
+        self._index(model if isinstance(model, str) else None, key)
+
+    def _index(self, model: str | None, key: str) -> None:
+        keys = self._by_model.setdefault(model, set())
+        if key not in keys:
+            keys.add(key)
+            self._indexed += 1
+        if self._indexed > 2 * self.max_entries + 64:  # forget keys no longer stored
+            for name in list(self._by_model):
+                kept = {k for k in self._by_model[name] if k in self._entries}
+                if kept:
+                    self._by_model[name] = kept
+                else:
+                    del self._by_model[name]
+            self._indexed = sum(len(keys) for keys in self._by_model.values())
+
+    def drop_model(self, model: str) -> int:
+        """Forget every answer of ``model`` (a model's or an adapter's name, as requests say
+        it), and any answer of it still on its way; returns how many were stored."""
+        self._generations[model] = self._generations.get(model, 0) + 1
+        keys = self._by_model.pop(model, set())
+        self._indexed -= len(keys)
+        return sum(self._entries.pop(key, None) is not None for key in keys)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -132,7 +233,7 @@ class StreamRecorder:
             if delta.get("reasoning"):
                 choice["reasoning"].append(delta["reasoning"])
             for call in delta.get("tool_calls") or []:
-                empty = {"id": None, "name": "", "arguments": []}
+                empty: dict[str, Any] = {"id": None, "name": "", "arguments": []}
                 slot = choice["tools"].setdefault(call.get("index", 0), empty)
                 slot["id"] = call.get("id") or slot["id"]
                 fn = call.get("function") or {}
@@ -140,8 +241,10 @@ class StreamRecorder:
                 slot["arguments"].append(fn.get("arguments") or "")
             if piece.get("finish_reason"):
                 choice["finish"] = piece["finish_reason"]
+                if "stop_reason" in piece:  # vLLM's: the stop string or token that ended it
+                    choice["stop_reason"] = piece["stop_reason"]
 
-    def completion(self) -> dict[str, Any]:
+    def completion(self) -> RecordedCompletion:
         choices = []
         for index in sorted(self.choices):
             c = self.choices[index]
@@ -157,16 +260,24 @@ class StreamRecorder:
                      "function": {"name": t["name"], "arguments": "".join(t["arguments"])}}
                     for _, t in sorted(c["tools"].items())
                 ]  # fmt: skip
-            choices.append({"index": index, "message": message, "logprobs": None,
-                            "finish_reason": c["finish"]})  # fmt: skip
-        return {**self.head, "object": "chat.completion", "choices": choices, "usage": self.usage}
+            choice = {"index": index, "message": message, "logprobs": None,
+                      "finish_reason": c["finish"]}  # fmt: skip
+            if "stop_reason" in c:
+                choice["stop_reason"] = c["stop_reason"]
+            choices.append(choice)
+        return RecordedCompletion(
+            {**self.head, "object": "chat.completion", "choices": choices, "usage": self.usage}
+        )
 
 
 def replay_chunks(completion: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """A cached completion as stream chunks: per choice, its message in one delta, then its
-    finish reason. (The usage chunk, when asked for, is the caller's to add.)"""
+    """A cached completion as stream chunks: per choice, its message in one delta (with its
+    logprobs and token ids, when it has them), then its finish (and stop) reason; the prompt's
+    token ids, when it has them, on the first chunk, as vLLM sends them. (The usage chunk,
+    when asked for, is the caller's to add.)"""
     head = {"id": completion.get("id"), "object": "chat.completion.chunk",
             "created": completion.get("created"), "model": completion.get("model")}  # fmt: skip
+    prompt_ids = completion.get("prompt_token_ids")
     for choice in completion.get("choices") or []:
         message = choice.get("message") or {}
         delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
@@ -176,7 +287,19 @@ def replay_chunks(completion: dict[str, Any]) -> Iterator[dict[str, Any]]:
             delta["tool_calls"] = [{"index": i, **call}
                                    for i, call in enumerate(message["tool_calls"])]  # fmt: skip
         index = choice.get("index", 0)
-        yield {**head, "choices": [{"index": index, "delta": delta, "logprobs": None,
-                                    "finish_reason": None}]}  # fmt: skip
-        yield {**head, "choices": [{"index": index, "delta": {}, "logprobs": None,
-                                    "finish_reason": choice.get("finish_reason")}]}  # fmt: skip
+        first: dict[str, Any] = {
+            "index": index,
+            "delta": delta,
+            "logprobs": choice.get("logprobs"),
+            "finish_reason": None,
+        }
+        if choice.get("token_ids") is not None:
+            first["token_ids"] = choice["token_ids"]
+        extra = {"prompt_token_ids": prompt_ids} if prompt_ids is not None else {}
+        prompt_ids = None
+        yield {**head, **extra, "choices": [first]}
+        last: dict[str, Any] = {"index": index, "delta": {}, "logprobs": None,
+                                "finish_reason": choice.get("finish_reason")}  # fmt: skip
+        if "stop_reason" in choice:
+            last["stop_reason"] = choice["stop_reason"]
+        yield {**head, "choices": [last]}

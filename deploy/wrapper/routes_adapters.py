@@ -1,6 +1,10 @@
 """LoRA adapters at run time (admin): ``POST /v1/adapters`` loads one on a served model's
-engine, ``DELETE /v1/adapters/{name}`` unloads it. Neither starts a cold engine: the
-transport remembers the adapter and the next start serves it."""
+engine, ``DELETE /v1/adapters/{name}`` unloads it (a Hub-style ``org/name`` too). Neither
+starts a cold engine: the transport remembers the adapter and the next start serves it.
+
+The key is checked before the body is read (no key, no parsing), and both forget the
+response cache's answers under the adapter's name: new weights under an old name must not
+be answered with the old ones."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from .auth import Admin
-from .handlers import InvalidRequest
+from .handlers import InvalidRequest, parse_body
 from .models import ModelRegistry
 from .responses import ADMIN_ERRORS, errors
 
@@ -32,14 +36,32 @@ class NewAdapter(BaseModel):
     """The served model it adapts (default: the default model)."""
 
 
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": NewAdapter.model_json_schema()}},
+    }
+}
+
+
 def _registry(request: Request) -> ModelRegistry:
     return request.app.state.models  # type: ignore[no-any-return]
 
 
+def _forget_cached(request: Request, name: str) -> None:
+    cache = request.app.state.gateway.cache
+    if cache is not None:
+        cache.drop_model(name)
+
+
 @router.post(
-    "/v1/adapters", status_code=HTTPStatus.CREATED, responses=errors(400, 404, 409, 422, 503)
+    "/v1/adapters",
+    status_code=HTTPStatus.CREATED,
+    responses=errors(400, 404, 409, 422, 503),
+    openapi_extra=_BODY,
 )
-async def load_adapter(request: Request, new: NewAdapter, _: Admin) -> dict[str, Any]:
+async def load_adapter(request: Request, _: Admin) -> dict[str, Any]:
+    new = parse_body(NewAdapter, await request.body())  # after the admin key is checked
     registry = _registry(request)
     if new.name in registry.names():
         raise InvalidRequest(f"{new.name!r} is served already", "name", HTTPStatus.CONFLICT)
@@ -52,11 +74,12 @@ async def load_adapter(request: Request, new: NewAdapter, _: Admin) -> dict[str,
         raise InvalidRequest(f"model {served.name!r} cannot load adapters here", "base",
                              HTTPStatus.BAD_REQUEST)  # fmt: skip
     await load(new.name, new.path)
+    _forget_cached(request, new.name)
     registry.add_adapter(new.name, served.name, new.path)
     return {"id": new.name, "object": "model", "parent": served.name, "root": new.path}
 
 
-@router.delete("/v1/adapters/{name}", status_code=HTTPStatus.NO_CONTENT,
+@router.delete("/v1/adapters/{name:path}", status_code=HTTPStatus.NO_CONTENT,
                responses=errors(400, 404, 503))  # fmt: skip
 async def unload_adapter(request: Request, name: str, _: Admin) -> Response:
     registry = _registry(request)
@@ -65,4 +88,5 @@ async def unload_adapter(request: Request, name: str, _: Admin) -> Response:
     served = registry.models[registry.adapters[name][0]]
     await served.transport.unload_adapter(name)  # type: ignore[attr-defined]
     registry.remove_adapter(name)
+    _forget_cached(request, name)
     return Response(status_code=HTTPStatus.NO_CONTENT)

@@ -17,7 +17,7 @@ from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from ..protocol import ErrorResponse, RequestModels
-from .auth import ApiKey, require_api_key
+from .auth import Caller, require_api_key
 from .handlers import parse_body
 from .models import ModelRegistry
 from .responses import AUTH_ERRORS, INFERENCE_ERRORS, json_body
@@ -26,6 +26,12 @@ from .service import InferenceService, Service
 __all__ = ["CHAT_COMPLETIONS", "HotRoute", "hot_route", "openapi_paths", "router"]
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
+
+# What ``/v1/models`` shows a key that is not an admin's: not ``root``, which for an adapter
+# is where its weights came from (a path on the server, a private Hub repository).
+_PUBLIC_CARD = frozenset(
+    {"id", "object", "created", "owned_by", "parent", "max_model_len", "capabilities", "state"}
+)
 
 
 class HotRoute(Route):
@@ -92,9 +98,14 @@ def router(limited: RequestModels) -> APIRouter:
         return JSONResponse(result, headers=service.meta_headers(meta))
 
     @api.get("/v1/models", responses=AUTH_ERRORS)
-    async def models(request: Request, _: ApiKey) -> dict[str, Any]:
+    async def models(request: Request, caller: Caller) -> dict[str, Any]:
+        """Every model and adapter served. An admin key also sees each adapter's ``root``
+        (the path or Hub id its weights came from); other keys see what a client needs."""
         # From configuration and the engines' last seen states: listing never wakes a GPU.
         registry: ModelRegistry = request.app.state.models
-        return {"object": "list", "data": registry.cards()}
+        cards = registry.cards()
+        if not caller.is_admin:
+            cards = [{k: v for k, v in card.items() if k in _PUBLIC_CARD} for card in cards]
+        return {"object": "list", "data": cards}
 
     return api

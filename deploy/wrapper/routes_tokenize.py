@@ -25,6 +25,7 @@ from ..protocol import ErrorResponse, Limits, Message
 from ..token_counter import TokenCounter, TokenCountError
 from .auth import require_api_key
 from .handlers import InvalidRequest, parse_body
+from .routes_service import count_request
 from .service import Service
 
 __all__ = ["TokenizeChatRequest", "TokenizePromptRequest", "TokenizeResponse", "router"]
@@ -121,7 +122,7 @@ def router(limits: Limits) -> APIRouter:
         response_model=None,
         responses={
             200: {"model": TokenizeResponse},
-            **{code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 501)},
+            **{code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 501)},
         },
         openapi_extra={
             "requestBody": {"required": True, "content": {"application/json": body_schema}}
@@ -129,13 +130,15 @@ def router(limits: Limits) -> APIRouter:
     )
     async def tokenize(request: Request, service: Service) -> JSONResponse:
         """Count a chat's (or a prompt's) tokens as the served model will see them; never
-        wakes the engine. 501 when this wrapper cannot load the model's tokenizer."""
-        await require_api_key(request)  # before the body is read: no key, no parsing
+        wakes the engine, but counts as a request under the caller's limits. 501 when this
+        wrapper cannot load the model's tokenizer."""
+        caller = await require_api_key(request)  # before the body is read: no key, no parsing
         raw = await request.body()
         try:
             if _is_chat(raw):
                 chat = parse_body(chat_model, raw)
                 counter: TokenCounter = service.check_model(chat.model).counter
+                count_request(request, caller)
                 result = await counter.count_chat(
                     [m.model_dump(exclude_none=True, exclude_unset=True) for m in chat.messages],
                     chat.tools,
@@ -148,6 +151,7 @@ def router(limits: Limits) -> APIRouter:
             else:
                 prompt = parse_body(TokenizePromptRequest, raw)
                 counter = service.check_model(prompt.model).counter
+                count_request(request, caller)
                 result = await counter.count_prompt(
                     prompt.prompt,
                     add_special_tokens=prompt.add_special_tokens,

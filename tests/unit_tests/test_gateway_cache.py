@@ -512,3 +512,150 @@ def test_a_cached_answer_replays_through_the_cache() -> None:
     answer = hit(c, "alice", body(stream=True))
     assert answer is not None
     assert round_trip(answer)["choices"] == answer["choices"]
+
+
+# -- what an entry can answer --------------------------------------------------------------------
+
+STREAMED = [
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"content": "4"}),
+    chunk({}, finish="stop"),
+    usage_chunk(10, 1),
+]
+LOGPROBS = {
+    "content": [{"token": "4", "logprob": -0.01, "bytes": [52], "top_logprobs": []}],
+}
+
+
+def plain_with_everything() -> dict[str, Any]:
+    """A plain vLLM answer to a request that asked for logprobs and token ids."""
+    answer = completion("4", prompt_logprobs=[None, {"1": {"logprob": -1.0}}],
+                        prompt_token_ids=[1, 2, 3])  # fmt: skip
+    answer["choices"][0].update(logprobs=LOGPROBS, stop_reason=None, token_ids=[19])
+    return answer
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"logprobs": True},
+        {"logprobs": True, "top_logprobs": 2},
+        {"prompt_logprobs": 0},
+        {"return_token_ids": True},
+    ],
+)
+def test_a_stream_filled_entry_does_not_answer_what_a_stream_never_carried(
+    over: dict[str, Any],
+) -> None:
+    """A stream put together has no logprobs, prompt logprobs nor token ids: a request that
+    asks for them misses (plain or streamed: a replay could not carry them either), and the
+    plain answer then replaces the entry."""
+    c = cache()
+    streamed = c.lookup("alice", body(stream=True, **over))
+    assert streamed.key is not None
+    c.put(streamed.key, recorded(*STREAMED))
+    assert len(c) == 1
+    for request in (body(**over), body(stream=True, **over)):
+        again = c.lookup("alice", request)
+        assert again.hit is None and again.store and again.key == streamed.key
+    c.put(streamed.key, plain_with_everything())
+    answer = hit(c, "alice", body(**over))
+    assert answer == plain_with_everything()
+    assert hit(c, "alice", body(stream=True, **over)) == plain_with_everything()
+
+
+def test_a_stream_filled_entry_answers_a_request_that_asks_nothing_more() -> None:
+    c = cache()
+    key = c.lookup("alice", body(stream=True, logprobs=False, top_logprobs=None)).key
+    assert key is not None
+    c.put(key, recorded(*STREAMED))
+    answer = hit(c, "alice", body(logprobs=False, top_logprobs=None))
+    assert answer is not None and answer["choices"][0]["message"]["content"] == "4"
+
+
+def test_the_recorder_keeps_vllm_s_stop_reason() -> None:
+    """vLLM's last chunk of a choice carries ``stop_reason`` (the stop string or token that
+    ended it): the plain answer has it too."""
+    stopped = chunk({}, finish="stop")
+    stopped["choices"][0]["stop_reason"] = "\n\n"
+    result = recorded(chunk({"content": "4"}), stopped)
+    assert result["choices"][0]["stop_reason"] == "\n\n"
+    assert recorded(*RECORDED["single_call"]["stream"])["choices"][0]["stop_reason"] is None
+
+
+def test_a_stream_without_stop_reason_does_not_answer_a_request_with_stop_conditions() -> None:
+    """Which stop string (or token) ended the answer is in ``stop_reason``: a stream that did
+    not carry it cannot answer a request with ``stop`` or ``stop_token_ids``."""
+    c = cache()
+    for over in ({"stop": ["\n"]}, {"stop_token_ids": [2]}):
+        key = c.lookup("alice", body(stream=True, **over)).key
+        assert key is not None
+        c.put(key, recorded(*STREAMED))  # STREAMED has no stop_reason
+        assert hit(c, "alice", body(**over)) is None
+        with_reason = recorded(*RECORDED["single_call"]["stream"])
+        c.put(key, with_reason)
+        assert hit(c, "alice", body(**over)) is not None
+
+
+def test_a_plain_answer_replays_its_logprobs_and_token_ids_in_a_stream() -> None:
+    answer = plain_with_everything()
+    chunks = list(replay_chunks(answer))
+    first, last = chunks[0], chunks[-1]
+    assert first["choices"][0]["logprobs"] == LOGPROBS
+    assert first["choices"][0]["token_ids"] == [19]
+    assert first["prompt_token_ids"] == [1, 2, 3]
+    assert last["choices"][0]["stop_reason"] is None and last["choices"][0]["logprobs"] is None
+    assert all("prompt_token_ids" not in c for c in chunks[1:])
+
+
+# -- forgetting a model --------------------------------------------------------------------------
+
+
+def test_drop_model_forgets_every_entry_of_that_model_and_only_those() -> None:
+    c = cache()
+    for caller in ("alice", "bob"):
+        stored(c, caller, body(model="tuned"))
+        stored(c, caller, body(model="tuned", seed=7))
+        stored(c, caller, body())
+    before = c.bytes
+    assert c.drop_model("tuned") == 4
+    assert len(c) == 2 and 0 < c.bytes < before / 2
+    assert hit(c, "alice", body(model="tuned")) is None
+    assert hit(c, "bob", body(model="tuned", seed=7)) is None
+    assert hit(c, "alice", body()) is not None and hit(c, "bob", body()) is not None
+    assert c.drop_model("nothing-cached") == 0
+
+
+def test_an_answer_in_flight_when_its_model_is_dropped_is_not_stored() -> None:
+    """Looked up before the adapter was reloaded, answered by its old weights after: that
+    answer must not fill the cache of the new one."""
+    c = cache()
+    plain = c.lookup("alice", body(model="tuned"))
+    streamed = c.lookup("alice", body(model="tuned", seed=3, stream=True))
+    other = c.lookup("alice", body())
+    c.drop_model("tuned")
+    assert plain.key and streamed.key and other.key
+    c.put(plain.key, completion())
+    c.put(streamed.key, recorded(*STREAMED))
+    c.put(other.key, completion())
+    assert len(c) == 1 and hit(c, "alice", body()) is not None
+    again = c.lookup("alice", body(model="tuned"))  # after the reload: stored again
+    assert again.key == plain.key
+    assert again.key is not None
+    c.put(again.key, completion("new weights"))
+    answer = hit(c, "alice", body(model="tuned"))
+    assert answer is not None and answer["choices"][0]["message"]["content"] == "new weights"
+
+
+def test_an_entry_put_without_a_lookup_belongs_to_its_answer_s_model() -> None:
+    c = cache()
+    c.put(c.key_for("alice", body()), completion())
+    assert c.drop_model(MODEL) == 1 and len(c) == 0
+
+
+def test_the_model_index_stays_bounded_as_entries_come_and_go() -> None:
+    c = cache(max_entries=2)
+    for seed in range(200):
+        stored(c, "alice", body(seed=seed, model=f"m{seed % 3}"))
+    assert len(c) == 2 and c._indexed <= 2 * 2 + 64 + 1
+    assert c.drop_model("m1") + c.drop_model("m0") + c.drop_model("m2") == 2 and len(c) == 0

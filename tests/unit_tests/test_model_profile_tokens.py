@@ -290,6 +290,26 @@ async def test_tokenize_needs_the_key(byte_tokenizer: Path) -> None:
     assert (await tokenize(app, {"messages": HI}, auth=False)).status_code == 401
 
 
+async def test_tokenize_counts_under_the_caller_s_limits(byte_tokenizer: Path) -> None:
+    from pydantic import SecretStr
+
+    keys = [{"name": "once", "key": "once-" + "o" * 40, "rpm": 1},
+            {"name": "broke", "key": "broke-" + "b" * 40, "monthly_budget_usd": 0}]  # fmt: skip
+    app, fake = counting_app(byte_tokenizer, api_keys=SecretStr(json.dumps(keys)))
+    asgi = httpx.ASGITransport(app=app)
+    for entry, limit in ((keys[0], "rpm"), (keys[1], "monthly_budget_usd")):
+        headers = {"Authorization": f"Bearer {entry['key']}"}
+        async with httpx.AsyncClient(transport=asgi, base_url="http://w", headers=headers) as c:
+            if limit == "rpm":
+                assert (await c.post("/tokenize", json={"messages": HI})).status_code == 200
+            refused = await c.post("/tokenize", json={"messages": HI})
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["type"] == limit and refused.headers["retry-after"]
+    for _ in range(3):  # the admin key has no limits
+        assert (await tokenize(app, {"prompt": "hi"})).status_code == 200
+    assert (fake.chat_bodies, fake.warmups) == ([], 0)
+
+
 async def test_tokenize_answers_501_when_the_wrapper_has_no_tokenizer(
     byte_tokenizer: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

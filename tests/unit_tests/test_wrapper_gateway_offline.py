@@ -178,6 +178,38 @@ async def test_a_batch_takes_one_request_per_item_from_the_rpm() -> None:
     assert len(fake.batch_calls) == 1
 
 
+NO_RPM = {"name": "gina", "key": "gina-" + "g" * 40, "rpm": 0}
+NO_BUDGET = {"name": "hank", "key": "hank-" + "h" * 40, "monthly_budget_usd": 0}
+
+
+def client_with(app: FastAPI, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL,
+                             headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+
+
+async def test_warmup_counts_under_the_caller_s_limits() -> None:
+    """Waking the GPU is a request: a key out of requests or out of budget may not."""
+    app, fake = gateway_app(api_keys=SecretStr(json.dumps([*ENTRIES, NO_RPM, NO_BUDGET])))
+    async with client_with(app, NO_RPM["key"]) as gina, client_with(app, NO_BUDGET["key"]) as hank:
+        for _ in range(3):
+            refused = await gina.post("/warmup")
+            assert_error(refused, 429, type_="rpm")
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+        error = assert_error(await hank.post("/warmup"), 429, type_="monthly_budget_usd")
+        assert error["code"] == "insufficient_quota"
+    assert fake.warmups == 0
+    async with as_key(app, "alice") as alice:  # rpm 2: a warm-up takes one request of it
+        assert (await alice.post("/warmup")).status_code == 202
+        assert (await alice.post("/warmup")).status_code == 202
+        assert_error(await alice.post("/warmup"), 429, type_="rpm")
+    assert fake.warmups == 2
+    assert_error(await chat(app, "alice"), 429, type_="rpm")
+    async with as_key(app, "bob") as bob:  # no limits: as before
+        assert (await bob.post("/warmup")).status_code == 202
+        assert (await bob.post("/warmup", params={"model": "nope"})).status_code == 404
+    assert fake.warmups == 3
+
+
 # -- the response cache -----------------------------------------------------------------------
 
 
@@ -268,6 +300,31 @@ async def test_a_stream_fills_the_cache_and_a_hit_replays_as_a_stream() -> None:
     assert usage and usage[0]["usage"] == plain.json()["usage"]
     assert usage[0]["vllm_autoscale"]["cache"] == "hit"
     assert len(fake.stream_bodies) == 1 and fake.chat_bodies == []
+
+
+async def test_a_stream_filled_entry_does_not_answer_a_request_for_logprobs() -> None:
+    """A stream put together has no logprobs: the plain request that asks for them goes to
+    the engine, and its answer (which has them) then answers plain and streamed requests."""
+    app, fake = gateway_app()
+    finish = chunk("")
+    finish["choices"][0]["finish_reason"] = "stop"
+    fake.stream_chunks = [chunk("Hel"), chunk("lo"), finish, usage_chunk()]
+    asks = {**DETERMINISTIC, "logprobs": True, "top_logprobs": 1}
+    logprobs = {"content": [{"token": "Hello", "logprob": -0.5, "bytes": None,
+                             "top_logprobs": [{"token": "Hello", "logprob": -0.5}]}]}  # fmt: skip
+    fake.chat_result["choices"][0]["logprobs"] = logprobs
+    assert (await chat(app, "bob", {**asks, "stream": True})).headers["x-cache"] == "miss"
+    plain = await chat(app, "bob", asks)
+    assert plain.headers["x-cache"] == "miss" and len(fake.chat_bodies) == 1
+    assert plain.json()["choices"][0]["logprobs"] == logprobs
+    again = await chat(app, "bob", asks)
+    assert again.headers["x-cache"] == "hit"
+    assert again.json()["choices"][0]["logprobs"] == logprobs
+    replay = await chat(app, "bob", {**asks, "stream": True})
+    assert replay.headers["x-cache"] == "hit"
+    events = sse_data(sse_events(replay.text))
+    assert next(c["choices"][0]["logprobs"] for c in events[:-1] if c["choices"]) == logprobs
+    assert len(fake.stream_bodies) == 1 and len(fake.chat_bodies) == 1
 
 
 # -- usage and keys routes --------------------------------------------------------------------

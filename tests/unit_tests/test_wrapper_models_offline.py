@@ -8,11 +8,14 @@ import asyncio
 import json
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from deploy.wrapper import create_app
 from tests.unit_tests.wrapper_fake import (
+    BASE_URL,
     FakeTransport,
     assert_error,
     chunk,
@@ -45,12 +48,27 @@ class LoraFake(FakeTransport):
         self.loaded.pop(name)
 
 
-def two_models() -> tuple[FastAPI, FakeTransport, LoraFake]:
+USER_KEY = "user-" + "u" * 40
+
+
+def two_models(**overrides: Any) -> tuple[FastAPI, FakeTransport, LoraFake]:
     small, big = FakeTransport("small"), LoraFake("big")
     small.chat_result, big.chat_result = completion("from small"), completion("from big")
     big.engine_status.state = "warm"
-    settings = make_settings(models=json.dumps(MODELS))
+    settings = make_settings(models=json.dumps(MODELS), **overrides)
     return create_app({"small": small, "big": big}, settings), small, big
+
+
+def with_user(**overrides: Any) -> tuple[FastAPI, FakeTransport, LoraFake]:
+    """``two_models`` with a user key (``USER_KEY``) beside the admin one."""
+    user = [{"name": "user", "key": USER_KEY}]
+    return two_models(api_keys=SecretStr(json.dumps(user)), **overrides)
+
+
+def as_user(app: FastAPI, token: str | None = USER_KEY) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL,
+                             headers=headers, timeout=5.0)  # fmt: skip
 
 
 def ask(model: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -182,3 +200,115 @@ async def test_a_cache_hit_is_booked_under_the_model_it_was_asked_of() -> None:
         rows = (await client.get("/v1/usage")).json()["data"]
     assert hit.headers["x-cache"] == "hit" and streamed.headers["x-cache"] == "hit"
     assert [(r["model"], r["requests"], r["cache_hits"]) for r in rows] == [("big", 1, 2)]
+
+
+async def test_reloading_an_adapter_forgets_its_cached_answers() -> None:
+    """New weights under an old name: the cache must not answer with the old ones."""
+    app, _, big = two_models(cache_max_entries=8)
+    deterministic = ask("t2", temperature=0)
+    async with client_for(app) as client:
+        await client.post("/v1/adapters", json={"name": "t2", "base": "big", "path": "/a/v1"})
+        await client.post(CHAT, json=ask("big", temperature=0))
+        await client.post(CHAT, json=deterministic)
+        assert (await client.post(CHAT, json=deterministic)).headers["x-cache"] == "hit"
+        assert (await client.delete("/v1/adapters/t2")).status_code == 204
+        assert len(app.state.gateway.cache) == 1  # big's answer stays
+        await client.post("/v1/adapters", json={"name": "t2", "base": "big", "path": "/a/v2"})
+        big.chat_result = completion("from the new weights")
+        fresh = await client.post(CHAT, json=deterministic)
+        assert fresh.headers["x-cache"] == "miss"
+        assert fresh.json()["choices"][0]["message"]["content"] == "from the new weights"
+        big_again = await client.post(CHAT, json=ask("big", temperature=0))
+        assert big_again.headers["x-cache"] == "hit"
+
+
+async def test_loading_an_adapter_forgets_answers_cached_under_its_name() -> None:
+    """What this wrapper cached under the name before (an answer on its way when the adapter
+    was unloaded, another container's unload) is not the new adapter's."""
+    app, _, _ = two_models(cache_max_entries=8)
+    cache = app.state.gateway.cache
+    cache.put(cache.key_for("default", {"model": "t3", "temperature": 0}),
+              {**completion("stale"), "model": "t3"})  # fmt: skip
+    assert len(cache) == 1
+    async with client_for(app) as client:
+        loaded = await client.post("/v1/adapters",
+                                   json={"name": "t3", "base": "big", "path": "/a/t3"})  # fmt: skip
+    assert loaded.status_code == 201 and len(cache) == 0
+
+
+async def test_an_adapter_with_a_hub_style_name_can_be_unloaded() -> None:
+    app, _, big = two_models()
+    async with client_for(app) as client:
+        loaded = await client.post("/v1/adapters", json={"name": "org/tuned-2", "base": "big",
+                                                         "path": "/a/org"})  # fmt: skip
+        assert loaded.status_code == 201, loaded.text
+        assert (await client.post(CHAT, json=ask("org/tuned-2"))).status_code == 200
+        assert (await client.delete("/v1/adapters/org/tuned-2")).status_code == 204
+        assert big.loaded == {}
+        assert_error(await client.post(CHAT, json=ask("org/tuned-2")), 404, param="model")
+        assert_error(await client.delete("/v1/adapters/org/tuned-2"), 404, param="name")
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b'{"name": 1}', b"[]", b""])
+async def test_adapter_bodies_are_read_only_after_the_key_is_checked(raw: bytes) -> None:
+    app, _, big = with_user()
+    post = {"content": raw, "headers": {"content-type": "application/json"}}
+    async with as_user(app, None) as nobody, as_user(app) as user:
+        assert_error(await nobody.post("/v1/adapters", **post), 401)
+        assert_error(await user.post("/v1/adapters", **post), 403, type_="permission_error")
+        assert_error(await nobody.delete("/v1/adapters/tuned"), 401)
+        assert_error(await user.delete("/v1/adapters/tuned"), 403)
+    assert big.loaded == {}
+
+
+async def test_an_admin_s_bad_adapter_body_names_the_field() -> None:
+    app, _, big = with_user()
+    async with client_for(app) as admin:
+        assert_error(await admin.post("/v1/adapters", json={"name": "t5"}), 422, param="path")
+        bad_name = await admin.post("/v1/adapters", json={"name": "a b", "path": "/x"})
+        assert_error(bad_name, 422, param="name")
+        extra = await admin.post("/v1/adapters", json={"name": "t5", "path": "/x", "x": 1})
+        assert_error(extra, 422, param="x")
+        assert_error(await admin.post("/v1/adapters", content=b"{not json"), 422)
+        schema = (await admin.get("/openapi.json")).json()
+    assert big.loaded == {}
+    body = schema["paths"]["/v1/adapters"]["post"]["requestBody"]
+    documented = body["content"]["application/json"]["schema"]
+    if "$ref" in documented:  # a component, or the schema inline: either documents it
+        documented = schema["components"]["schemas"][documented["$ref"].rsplit("/", 1)[1]]
+    assert body["required"] is True and set(documented["properties"]) == {"name", "path", "base"}
+    assert documented["required"] == ["name", "path"]
+
+
+async def test_a_user_key_sees_no_adapter_source_nor_engine_internals() -> None:
+    app, _, big = with_user()
+    for fake in (big,):
+        fake.engine_status.last_error = "engine at /models/secret crashed"
+        fake.engine_status.last_request_at = 1700000000.0
+        fake.engine_status.extra = {"engine_pid": 4242, "engine_url": "http://10.0.0.7:8000"}
+    async with as_user(app) as user, client_for(app) as admin:
+        user_cards = {c["id"]: c for c in (await user.get("/v1/models")).json()["data"]}
+        admin_cards = {c["id"]: c for c in (await admin.get("/v1/models")).json()["data"]}
+        user_status = (await user.get("/status")).json()
+        admin_status = (await admin.get("/status")).json()
+        user_warmup = await user.post("/warmup", params={"model": "big"})
+        admin_warmup = (await admin.post("/warmup", params={"model": "big"})).json()
+    assert user_warmup.status_code == 202 and user_warmup.json()["state"] == "starting"
+    assert "engine_pid" not in user_warmup.json() and admin_warmup["engine_pid"] == 4242
+    assert set(user_cards) == set(admin_cards) == {"small", "big", "tuned"}
+    assert admin_cards["tuned"]["root"] == "/adapters/tuned"  # an admin sees everything
+    shown = json.dumps(user_cards)
+    assert "/adapters/tuned" not in shown and "root" not in shown
+    assert user_cards["tuned"]["parent"] == "big" and user_cards["tuned"]["state"] == "warm"
+    for card in user_cards.values():
+        assert {"id", "object", "owned_by", "state", "max_model_len"} <= set(card)
+    assert admin_status["models"]["big"]["engine_pid"] == 4242
+    assert admin_status["models"]["big"]["last_error"] == "engine at /models/secret crashed"
+    text = json.dumps(user_status)
+    for secret in ("4242", "10.0.0.7", "/models/secret", "engine_pid", "last_error",
+                   "last_request_at", "1700000000"):  # fmt: skip
+        assert secret not in text, secret
+    assert user_status["model"] == "small" and user_status["state"] == "cold"
+    assert user_status["queue_depth"] == 2 and user_status["cold_starts"] == 1
+    assert user_status["scaledown_window"] == 120.0
+    assert user_status["models"]["big"]["state"] == "warm"
