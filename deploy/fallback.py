@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -35,6 +36,14 @@ __all__ = ["ColdRouter", "FallbackTransport"]
 log = logging.getLogger("vllm_autoscale.fallback")
 ALLOW_HEADER = "x-allow-fallback"
 _WAKE_EVERY_S = 5.0
+_RETRY_S = 5
+_KEYLIKE = re.compile(
+    r"(?i:\b(?:bearer|basic)\s+)\S+"  # an Authorization header's value
+    r"|(?<![A-Za-z0-9])(?:sk|vak|rk)[-_]\S*"  # sk-..., sk-proj-..., vak-... (masked or not)
+    r"|\S*(?:\*{2,}|\.{3}|\u2026)[A-Za-z0-9]\S*|\S*[A-Za-z0-9]\*{2,}\S*"  # ***wxyz, ab***
+    r"|(?=[\w-]*\d)(?=[\w-]*[A-Za-z])(?<![\w-])[\w-]{20,}"  # a long opaque token
+)
+"""What a key looks like in another party's error text: redacted before it is logged."""
 
 
 class FallbackTransport:
@@ -52,6 +61,7 @@ class FallbackTransport:
         self.model_name = model or "fallback"
         self._model = model  # None: the request's own model name is sent
         self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._secrets = [api_key, api_key[-4:]] if api_key and len(api_key) >= 8 else [api_key]
         # httpx, not aiohttp: the wrapper's container carries no engine-side client.
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
 
@@ -75,21 +85,38 @@ class FallbackTransport:
     def _facts() -> Facts:
         return Facts(container="fallback")
 
+    def redact(self, text: str) -> str:
+        """``text`` (the fallback's) with this fallback's key and anything key-like hidden."""
+        for secret in self._secrets:
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        return _KEYLIKE.sub("[redacted]", text)
+
     async def _check(self, resp: httpx.Response) -> None:
+        """Any error status: a retryable 503 that names the fallback and its status, never
+        its text (another party's, which may quote a key: "Incorrect API key provided:
+        sk-...abcd"). The fallback's refusal is not the service's either: the request was
+        valid here, and the engine serves it once warm. The text is logged, redacted."""
         if resp.status_code < 400:
             return
         text = (await resp.aread()).decode(errors="replace")
-        message, param = text[:500], None
+        message = text
         with contextlib.suppress(ValueError, AttributeError, TypeError):
-            err = orjson.loads(text).get("error") or {}
-            message, param = err.get("message") or message, err.get("param")
-        if resp.status_code < 500 and resp.status_code not in (401, 403, 429):
-            raise EngineRequestError(
-                f"fallback: {message}", status_code=resp.status_code, param=param
-            )
-        # The fallback's own key, quota or health: not the caller's fault, worth retrying.
+            message = str((orjson.loads(text).get("error") or {}).get("message") or text)
+        log.warning("the cold fallback answered %d: %s", resp.status_code,
+                    self.redact(message[:500]))  # fmt: skip
         raise EngineUnavailable(
-            f"the fallback failed ({resp.status_code}): {message}", retry_after=5
+            f"the cold fallback answered {resp.status_code} while the engine is starting: "
+            "send the request again shortly",
+            retry_after=_RETRY_S,
+        )
+
+    def _unreachable(self, exc: Exception, what: str) -> EngineUnavailable:
+        log.warning("%s the cold fallback: %s", what, self.redact(repr(exc)[:500]))
+        return EngineUnavailable(
+            f"{what} the cold fallback ({type(exc).__name__}) while the engine is starting: "
+            "send the request again shortly",
+            retry_after=_RETRY_S,
         )
 
     async def chat(self, body: dict[str, Any]) -> Reply[dict[str, Any]]:
@@ -101,7 +128,9 @@ class FallbackTransport:
         except EngineError:
             raise
         except httpx.HTTPError as exc:
-            raise EngineUnavailable(f"cannot reach the fallback: {exc!r}", retry_after=5) from exc
+            raise self._unreachable(exc, "cannot reach") from None
+        except orjson.JSONDecodeError as exc:
+            raise self._unreachable(exc, "no JSON answer from") from None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[Reply[dict[str, Any]]]:
         url = f"{self.base_url}/chat/completions"
@@ -117,14 +146,22 @@ class FallbackTransport:
                         return
                     chunk = orjson.loads(data)
                     if "error" in chunk and "choices" not in chunk:
-                        raise EngineUnavailable(f"the fallback failed: {chunk['error']}")
+                        log.warning("the cold fallback failed mid-stream: %s",
+                                    self.redact(str(chunk["error"])[:500]))  # fmt: skip
+                        raise EngineUnavailable(
+                            "the cold fallback failed during the stream: send the request "
+                            "again", retry_after=_RETRY_S,
+                        )  # fmt: skip
                     yield Reply(chunk, self._facts() if first else None)
                     first = False
-            raise EngineUnavailable("the fallback closed the stream before it finished")
+            raise EngineUnavailable("the cold fallback closed the stream before it finished",
+                                    retry_after=_RETRY_S)  # fmt: skip
         except EngineError:
             raise
         except httpx.HTTPError as exc:
-            raise EngineUnavailable(f"lost the fallback: {exc!r}", retry_after=5) from exc
+            raise self._unreachable(exc, "lost") from None
+        except orjson.JSONDecodeError as exc:
+            raise self._unreachable(exc, "no JSON stream from") from None
 
     async def batch(
         self, bodies: Sequence[dict[str, Any]], max_concurrency: int | None = None

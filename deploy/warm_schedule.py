@@ -17,16 +17,21 @@ scaled down inside one), ``/status`` and the cost model.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 __all__ = ["WarmSchedule", "Window"]
 
+log = logging.getLogger("vllm_autoscale.warm_schedule")
 _LENGTH = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
+_HORIZON = timedelta(days=10 * 366)
+"""A window must open within this (29 February: at most 8 years apart)."""
 
 
 def _length(text: str) -> timedelta:
@@ -61,7 +66,21 @@ class Window:
             raise ValueError(f"{zone!r} is not a time zone (e.g. Europe/Paris, UTC)") from None
         if not timedelta(minutes=1) <= length <= timedelta(days=7):
             raise ValueError(f"window length {parts[5]!r} must be between 1 minute and 7 days")
-        return cls(cron, length, zone)
+        window = cls(cron, length, zone)
+        window._check_opens(text, time.time())
+        return window
+
+    def _check_opens(self, text: str, ts: float) -> None:
+        """A cron of a date that does not exist (30 February, 31 April) is valid to croniter
+        but never fires: refused here, not found out by the first ``/status``."""
+        never = f"window {text!r} never opens: {self.cron!r} matches no date (e.g. 30 February)"
+        try:
+            after, before = self.next_start(ts), self.last_start(ts)
+        except (CroniterError, OverflowError):
+            raise ValueError(never) from None
+        horizon = _HORIZON.total_seconds()
+        if after - ts > horizon or ts - before > horizon:
+            raise ValueError(never)
 
     def _local(self, ts: float) -> datetime:
         return datetime.fromtimestamp(ts, tz=ZoneInfo(self.zone))
@@ -91,6 +110,8 @@ class WarmSchedule:
 
     def __init__(self, windows: list[Window]) -> None:
         self.windows = windows
+        self._broken: set[Window] = set()
+        """Windows that failed at run time (reported once each)."""
 
     @classmethod
     def parse(cls, text: str | None) -> WarmSchedule:
@@ -100,8 +121,29 @@ class WarmSchedule:
     def __bool__(self) -> bool:
         return bool(self.windows)
 
+    def _failed(self, window: Window, exc: Exception) -> None:
+        if window not in self._broken:
+            self._broken.add(window)
+            log.error("warm window %r never opens (%s): read as closed", str(window), exc)
+
+    def _open_until(self, window: Window, ts: float) -> float | None:
+        """``window.open_until``; a window croniter cannot place (a parser check bypassed)
+        reads as closed: ``/status``, ``/health`` and the schedule loop keep answering."""
+        try:
+            return window.open_until(ts)
+        except (CroniterError, OverflowError) as exc:
+            self._failed(window, exc)
+            return None
+
+    def _next_start(self, window: Window, ts: float) -> float | None:
+        try:
+            return window.next_start(ts)
+        except (CroniterError, OverflowError) as exc:
+            self._failed(window, exc)
+            return None
+
     def is_open(self, ts: float) -> bool:
-        return any(w.open_until(ts) is not None for w in self.windows)
+        return any(self._open_until(w, ts) is not None for w in self.windows)
 
     def next_change(self, ts: float) -> float | None:
         """When ``is_open`` next flips (overlapping and back-to-back windows merged)."""
@@ -109,13 +151,14 @@ class WarmSchedule:
             return None
         at = ts
         for _ in range(1000):  # merged windows: bounded, a week of back-to-back minutes
-            ends = [e for w in self.windows if (e := w.open_until(at)) is not None]
+            ends = [e for w in self.windows if (e := self._open_until(w, at)) is not None]
             if ends:
                 at = max(ends)  # still open until the last of the open windows closes
                 if not self.is_open(at):
                     return at
             else:
-                return min(w.next_start(at) for w in self.windows)
+                starts = [s for w in self.windows if (s := self._next_start(w, at)) is not None]
+                return min(starts) if starts else None
         return at
 
     def open_seconds(self, start: float, end: float) -> float:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from http import HTTPStatus
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import orjson
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -57,11 +60,46 @@ class ClientGone(Exception):
 
 
 def parse_body(model: type[M], raw: bytes) -> M:
-    """Validate a raw JSON body in one step; errors take the path of FastAPI's own."""
+    """Validate a raw JSON body in one step; errors take the path of FastAPI's own.
+
+    A number JSON cannot carry (``NaN``, ``Infinity``, ``-Infinity``, or one past a double's
+    range, ``1e400``) is refused wherever it sits, pass-through fields included: pydantic's
+    parser takes them, but the engine, the cache key and every JSON answer would not."""
+    _refuse_non_finite(raw)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+def _refuse_non_finite(raw: bytes) -> None:
+    """422 naming the first non-finite number of ``raw``, if it has one.
+
+    orjson's parse is the quick test (a few % of the validation's time): it refuses exactly
+    those numbers, and the rare bodies it refuses for another reason (or for one of them)
+    are then walked to find the number's path."""
+    try:
+        orjson.loads(raw)
+        return
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        data = pydantic_core.from_json(raw)
+    except ValueError:
+        return  # not JSON: the model's parse names the broken body
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise RequestValidationError([{
+                    "type": "finite_number", "loc": ("body", *path),
+                    "msg": "Input should be a finite number", "input": str(value),
+                }])  # fmt: skip
+        elif isinstance(value, dict):
+            stack.extend(((*path, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(value))))
 
 
 def engine_error_response(exc: EngineError) -> JSONResponse:
@@ -88,7 +126,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     # Unparsable JSON is the body's fault (its loc holds a character offset, not a field).
     param = "body" if first.get("type") == "json_invalid" else ".".join(loc) or "body"
     body = error_body(f"{param}: {first.get('msg', 'invalid request')}", param=param, code=422)
-    body["detail"] = json.loads(json.dumps(errors, default=str))
+    # The detail echoes inputs: a non-finite one goes out as text (JSON has no NaN).
+    body["detail"] = json.loads(json.dumps(errors, default=str), parse_constant=str)
     return JSONResponse(body, status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
 
 

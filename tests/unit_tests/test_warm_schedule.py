@@ -3,6 +3,7 @@ windows, open time for the cost model, and min_containers ahead of a window."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from zoneinfo import ZoneInfo
 
@@ -84,3 +85,93 @@ def test_status_description_names_windows_state_and_next_change() -> None:
         "open": True,
         "next_change": "2026-11-25T17:00:00+00:00",
     }
+
+
+# -- schedules that never fire --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0 9 30 2 * 9h UTC",  # 30 February
+        "0 9 31 4 * 1h Europe/Paris",  # 31 April
+        "0 9 * * mon-fri 9h UTC; 0 9 31 2,4,6,9,11 * 1h UTC",  # the second window never opens
+    ],
+)
+def test_a_window_that_never_opens_is_refused_at_parse_time(text: str) -> None:
+    with pytest.raises(ValueError, match="never opens") as info:
+        WarmSchedule.parse(text)
+    assert "31" in str(info.value) or "30" in str(info.value)  # names the window
+    with pytest.raises(ValidationError) as settings_info:
+        Settings(warm_schedule=text)
+    assert "VLLM_WARM_SCHEDULE" in str(settings_info.value)
+    assert "never opens" in str(settings_info.value)
+
+
+def test_a_rare_window_still_parses() -> None:
+    schedule = WarmSchedule.parse("0 9 29 2 * 9h UTC")  # once every four years
+    assert schedule.is_open(at(2028, 2, 29, 10, 0, tz=dt.timezone.utc))
+    assert not schedule.is_open(at(2027, 3, 1, 10, 0, tz=dt.timezone.utc))
+
+
+def _never() -> WarmSchedule:
+    """A schedule the parser would refuse, as one built around it (or by an older parser)."""
+    from deploy.warm_schedule import Window
+
+    return WarmSchedule([Window("0 9 30 2 *", dt.timedelta(hours=9), "UTC")])
+
+
+def test_a_window_that_never_opens_reads_as_closed_at_run_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    schedule = WarmSchedule([*_never().windows, *WarmSchedule.parse(OFFICE).windows])
+    wednesday_noon, saturday = at(2026, 11, 25, 12, 0), at(2026, 11, 28, 12, 0)
+    assert schedule.is_open(wednesday_noon) and not schedule.is_open(saturday)
+    assert schedule.next_change(wednesday_noon) == at(2026, 11, 25, 18, 0)
+    assert schedule.min_containers(saturday) == 0
+    assert schedule.open_seconds(saturday, saturday + 3600) == 0
+    alone = _never()
+    assert not alone.is_open(saturday) and alone.next_change(saturday) is None
+    assert alone.describe(saturday)["open"] is False
+    assert "never opens" in caplog.text  # logged, not raised
+
+
+async def test_status_health_and_warmup_answer_with_a_schedule_that_never_opens() -> None:
+    from deploy.engine import EngineConfig
+    from deploy.transport_local import LocalTransport
+    from deploy.wrapper import create_app
+    from tests.unit_tests.wrapper_fake import client_for, make_settings
+
+    class Engine:  # never started here: warmup's start waits on nothing real
+        pid, base_url, running = 1, "http://engine", False
+
+        async def start(self) -> None:
+            await asyncio.sleep(3600)
+
+        def is_running(self) -> bool:
+            return False
+
+        def stop(self, grace: float = 15.0) -> None:
+            return None
+
+        async def aclose(self) -> None:
+            return None
+
+    transport = LocalTransport(EngineConfig(model="m", served_model_name="m"), schedule=_never())
+    engine = Engine()
+    engine.config = transport.engine.config  # type: ignore[attr-defined]
+    transport.engine = engine  # type: ignore[assignment]
+    app = create_app(transport, make_settings(state_url="memory://"))
+    try:
+        async with client_for(app, raise_app_exceptions=False) as client:
+            health = await client.get("/health")
+            status = await client.get("/status")
+            warmup = await client.post("/warmup")
+        assert health.status_code == 200, health.text
+        assert status.status_code == 200, status.text
+        assert warmup.status_code == 202, warmup.text
+        assert status.json()["warm_schedule"]["open"] is False
+        assert await transport.apply_schedule() is False
+    finally:
+        if transport._start_task is not None:
+            transport._start_task.cancel()

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from deploy.errors import EngineRequestError, EngineUnavailable
+from deploy.errors import EngineUnavailable
 from deploy.fallback import FallbackTransport
 from deploy.wrapper import create_app
 from tests.unit_tests.wrapper_fake import (
     FakeTransport,
+    assert_error,
     chunk,
     client_for,
     completion,
@@ -163,15 +165,100 @@ async def test_the_client_streams_until_done_and_a_cut_stream_is_unavailable() -
         _ = [p async for p in endpoint(cut).stream({"messages": []})]
 
 
-@pytest.mark.parametrize(
-    ("status", "error"),
-    [(400, EngineRequestError), (401, EngineUnavailable), (429, EngineUnavailable),
-     (502, EngineUnavailable)],
-)  # fmt: skip
-async def test_the_client_maps_the_fallback_s_errors(status: int, error: type) -> None:
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422, 429, 500, 502])
+async def test_the_client_maps_the_fallback_s_errors(status: int) -> None:
+    """Whatever the fallback answers, the caller gets a retryable 503 naming its status, not
+    its text: the fallback's refusal is not the service's (the engine serves it once warm),
+    and its text is another party's (it may quote a key)."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, json={"error": {"message": "nope", "param": "messages"}})
 
-    with pytest.raises(error) as info:
+    with pytest.raises(EngineUnavailable) as info:
         await endpoint(handler).chat({"messages": []})
-    assert "nope" in info.value.message and "fb-secret" not in info.value.message
+    error = info.value
+    assert error.status_code == 503 and error.retry_after is not None
+    assert f"the cold fallback answered {status}" in error.message
+    assert "nope" not in error.message and "fb-secret" not in error.message
+    assert error.param is None
+
+
+# -- the fallback's error text stays on the server, its keys redacted ----------------------------
+
+FALLBACK_KEY = "sk-proj-fallbackSECRET0123456789"
+LEAKS = ("Zq9x", "sk-", "vak-", "fallbackSECRET", "Ab12Cd34Ef56Gh78Ij90")
+"""What must never be seen in clear: a masked key's tail, key prefixes, the configured key, a
+bare token."""
+UPSTREAM_ERRORS = {
+    "401 masked key": (401, {"error": {
+        "message": "Incorrect API key provided: sk-proj-****...Zq9x. You can find your API "
+                   "key at https://platform.example.com/account/api-keys.",
+        "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}),
+    "403 configured key": (403, {"error": {"message": f"key {FALLBACK_KEY} is revoked"}}),
+    "400 vak key": (400, {"error": {"message": "bad request for vak-Zq9xZq9xZq9x",
+                                    "param": "messages"}}),
+    "429 bearer": (429, {"error": {"message": "quota of Bearer Ab12Cd34Ef56Gh78Ij90 exceeded"}}),
+    "502 plain text": (502, "upstream sk-abc...Zq9x failed"),
+}  # fmt: skip
+
+
+def fallback_app(status: int, payload: Any) -> tuple[FastAPI, FakeTransport]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if isinstance(payload, str):
+            return httpx.Response(status, text=payload)
+        return httpx.Response(status, json=payload)
+
+    fallback = FallbackTransport("http://fb/v1", FALLBACK_KEY, "small-model",
+                                 http_transport=httpx.MockTransport(handler))  # fmt: skip
+    engine = FakeTransport()  # cold: the fallback serves
+    config = make_settings(cold_fallback_url="http://fb/v1", cold_fallback_policy="always")
+    return create_app(engine, config, fallback=fallback), engine
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("case", UPSTREAM_ERRORS.values(), ids=UPSTREAM_ERRORS.keys())
+async def test_the_fallback_s_error_text_never_reaches_the_caller_nor_the_log_in_clear(
+    case: tuple[int, Any], stream: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, payload = case
+    app, _ = fallback_app(status, payload)
+    caplog.set_level(logging.DEBUG)
+    async with client_for(app) as client:
+        response = await client.post(CHAT, json={**ASK, "stream": stream})
+    error = assert_error(response, 503, param=None)
+    assert "Retry-After" in response.headers
+    assert error["message"].startswith(f"the cold fallback answered {status}"), error
+    assert error["type"] == "engine_unavailable"
+    for leak in LEAKS:
+        assert leak not in response.text, (leak, response.text)
+        assert leak not in caplog.text, (leak, caplog.text)
+    # The operator still learns what the fallback said (redacted), server side.
+    assert f"answered {status}" in caplog.text and "[redacted]" in caplog.text, caplog.text
+
+
+async def test_an_error_in_the_fallback_s_stream_is_generic_and_redacted_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lines = (f"data: {json.dumps(chunk('a'))}\n\n"
+             'data: {"error": {"message": "key sk-...Zq9x lost its quota"}}\n\n')  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=lines)
+
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(EngineUnavailable) as info:
+        _ = [p async for p in endpoint(handler).stream({"messages": []})]
+    assert "the cold fallback" in info.value.message and info.value.retry_after is not None
+    for leak in LEAKS:
+        assert leak not in info.value.message and leak not in caplog.text, (leak, caplog.text)
+    assert "lost its quota" in caplog.text
+
+
+async def test_an_unreachable_fallback_names_no_url_nor_detail() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connect to http://user:sk-Zq9x@fb failed", request=request)
+
+    with pytest.raises(EngineUnavailable) as info:
+        await endpoint(handler).chat({"messages": []})
+    assert "the cold fallback" in info.value.message
+    assert "Zq9x" not in info.value.message and "sk-" not in info.value.message
