@@ -10,14 +10,30 @@ sync interval.
 
 Tokens per minute reserve ``prompt + max_tokens`` when a request is admitted (the prompt
 estimated from its size: no tokenizer on the hot path) and settle on the real usage when it
-completes, as OpenAI's limits do.
+completes, as OpenAI's limits do: what was reserved and not used is given back to the window
+it was reserved in (a window already gone takes it harmlessly).
+
+Usage over the reservation (an estimate that was low) is not put in a window: a request
+that outlives its minute (a cold start, a long stream, a batch) would charge a window that
+no longer counts, and even in time the sliding window forgets any overdraft within two
+minutes, however much larger than the limit it was. It becomes the key's token *debt*
+instead, paid back at the key's own rate, ``tpm`` tokens a minute, continuously; while any
+is left the key's requests are refused (``tpm``, nothing taken) with ``Retry-After`` the
+time until it is paid. So, over time, a key gets its ``tpm`` and no more. Debts are shared
+like the counters: each wrapper publishes its own (``{"debt": {key: [tokens, as_of]}}``)
+and adds the others'. The key's debt, all wrappers' together, is paid at ``tpm`` in all,
+each wrapper's part in proportion to its size, so every wrapper sees the same total
+shrinking at the same rate (to within one sync interval). Admitting a key with no debt
+costs one dict lookup.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -87,6 +103,47 @@ class _SharedStorage(MemoryStorage):
         return out
 
 
+def _wall_clock() -> float:
+    return time.time()  # looked up at each call: a test may stand in for ``time``
+
+
+@dataclass(slots=True)
+class _Debt:
+    """A key's token debt: this wrapper's part (``own`` tokens as of ``as_of``, paid at
+    ``tpm``, the key's rate when last seen) and other wrappers' (``peers``: tokens and as
+    of when, as they last published them)."""
+
+    own: float = 0.0
+    as_of: float = 0.0
+    tpm: float = 0.0
+    peers: list[tuple[float, float]] = field(default_factory=list)
+
+    def total(self) -> float:
+        return self.own + sum(tokens for tokens, _ in self.peers)
+
+    def wait(self, tpm: float, now: float) -> float:
+        """Seconds until all of it is paid at ``tpm`` tokens a minute (in all: each part is
+        paid in proportion to its share, so each is paid ``total`` / rate after its
+        ``as_of``); infinite for a rate of 0."""
+        total = self.total()
+        if total <= 0:
+            return 0.0
+        if tpm <= 0:
+            return math.inf
+        latest = max(t for tokens, t in [(self.own, self.as_of), *self.peers] if tokens > 0)
+        return latest + total * 60 / tpm - now
+
+    def own_left(self, now: float) -> float:
+        """This wrapper's part still unpaid at ``now``."""
+        total = self.total()
+        if self.own <= 0 or self.tpm <= 0:
+            return max(self.own, 0.0)
+        return self.own * max(0.0, 1 - self.tpm / 60 * (now - self.as_of) / total)
+
+    def rebase(self, now: float) -> None:
+        self.own, self.as_of = self.own_left(now), now
+
+
 @dataclass
 class Ticket:
     """An admitted request's hold on its key's limits; ``settle`` once it is done."""
@@ -108,12 +165,21 @@ class Ticket:
 
 
 class RateLimits:
-    def __init__(self) -> None:
+    """Per-key limits. ``clock`` (seconds since the epoch) dates the token debts and the
+    published counters; the ``limits`` windows read ``time.time()`` themselves, so it must
+    be that clock (or both stood in for together, as the tests do)."""
+
+    def __init__(self, clock: Callable[[], float] = _wall_clock) -> None:
+        self.clock = clock
         self.storage = _SharedStorage()
         self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self._items: dict[int, RateLimitItem] = {}
         self.streams: Counter[str] = Counter()
         self.peer_streams: dict[str, int] = {}
+        # Keys with a debt, this wrapper's or another's. The gateway's sync publishes and
+        # absorbs from a worker thread: changes to debts hold the lock.
+        self._debts: dict[str, _Debt] = {}
+        self._debt_lock = threading.Lock()
 
     def _per_minute(self, amount: int) -> RateLimitItem:
         item = self._items.get(amount)
@@ -131,6 +197,10 @@ class RateLimits:
             open_now = self.streams[key.name] + self.peer_streams.get(key.name, 0)
             if open_now >= key.max_streams:
                 raise LimitExceeded(key.name, "max_streams", key.max_streams, 1)
+        if key.tpm is not None:
+            debt = self._debts.get(key.name)
+            if debt is not None:  # before anything is taken
+                self._check_debt(key.name, key.tpm, debt)
         ticket = Ticket(self, key, stream=stream)
         if key.rpm is not None:
             self._take("rpm", key, int(key.rpm), requests)
@@ -150,6 +220,29 @@ class RateLimits:
             self.streams[key.name] += 1
         return ticket
 
+    def _check_debt(self, name: str, tpm: float, debt: _Debt) -> None:
+        """Refuse the key (``tpm``, nothing taken) until its debt is paid; forget a paid one.
+        A key whose ``tpm`` is 0 never pays: it is told to retry in a minute."""
+        with self._debt_lock:
+            debt.tpm = tpm
+            wait = debt.wait(tpm, self.clock())
+            if wait <= 0:
+                debt.own = 0.0
+                if not debt.peers and self._debts.get(name) is debt:
+                    del self._debts[name]
+                return
+        raise LimitExceeded(name, "tpm", tpm, wait if math.isfinite(wait) else 60)
+
+    def _owe(self, name: str, tpm: float, tokens: int) -> None:
+        """Add ``tokens`` used over a reservation to the key's debt."""
+        now = self.clock()
+        with self._debt_lock:
+            debt = self._debts.get(name)
+            if debt is None:
+                debt = self._debts[name] = _Debt()
+            debt.own = debt.own_left(now) + tokens
+            debt.as_of, debt.tpm = now, tpm
+
     def _window(self, name: str, key: KeyRecord, amount: int) -> str:
         """The storage key of the limit's current window."""
         item = self._per_minute(amount)
@@ -167,8 +260,8 @@ class RateLimits:
             unused = ticket.reserved_tokens - (used_tokens or 0)
             if unused > 0:
                 self.storage.decr(ticket.window_key, unused)
-            elif unused < 0:  # used more than reserved (an estimate was low): count it
-                self.storage.incr(ticket.window_key, 120, -unused)
+            elif unused < 0 and ticket.key.tpm is not None:  # an estimate was low: owe it
+                self._owe(ticket.key.name, ticket.key.tpm, -unused)
         if ticket.stream:
             self.streams[ticket.key.name] -= 1
             if self.streams[ticket.key.name] <= 0:
@@ -177,20 +270,50 @@ class RateLimits:
     # -- sharing across wrappers (called from the gateway's sync) -----------------------------
 
     def publish(self) -> dict[str, object]:
-        """This wrapper's counters, for the state store."""
+        """This wrapper's counters and debts, for the state store."""
         self.storage.expire()
-        return {"at": time.time(), "windows": self.storage.own(), "streams": dict(self.streams)}
+        now = self.clock()
+        debts: dict[str, list[float]] = {}
+        with self._debt_lock:
+            for name, debt in list(self._debts.items()):
+                debt.rebase(now)
+                if debt.own > 0:
+                    debts[name] = [debt.own, now]
+                elif not debt.peers:
+                    del self._debts[name]
+        return {
+            "at": now,
+            "windows": self.storage.own(),
+            "streams": dict(self.streams),
+            "debt": debts,
+        }
 
     def absorb(self, peers: list[dict], stale_after: float) -> None:
-        """Other wrappers' published counters; those not refreshed for ``stale_after``
-        seconds (a stopped wrapper) count no more."""
+        """Other wrappers' published counters and debts; those not refreshed for
+        ``stale_after`` seconds (a stopped wrapper) count no more."""
         windows: Counter[str] = Counter()
         streams: Counter[str] = Counter()
-        now = time.time()
+        debts: dict[str, list[tuple[float, float]]] = {}
+        now = self.clock()
         for doc in peers:
             if now - float(doc.get("at", 0)) > stale_after:
                 continue
             windows.update(doc.get("windows") or {})
             streams.update(doc.get("streams") or {})
+            for name, entry in (doc.get("debt") or {}).items():
+                try:
+                    tokens, as_of = float(entry[0]), float(entry[1])
+                except (TypeError, ValueError, IndexError, KeyError):
+                    continue
+                if tokens > 0 and math.isfinite(tokens) and math.isfinite(as_of):
+                    debts.setdefault(name, []).append((tokens, as_of))
         self.storage.peers = dict(windows)
         self.peer_streams = dict(streams)
+        with self._debt_lock:
+            for name, debt in list(self._debts.items()):
+                debt.rebase(now)  # paid so far as the peers' debts were until now
+                debt.peers = debts.pop(name, [])
+                if debt.own <= 0 and not debt.peers:
+                    del self._debts[name]
+            for name, entries in debts.items():
+                self._debts[name] = _Debt(peers=entries)

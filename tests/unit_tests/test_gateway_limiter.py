@@ -184,11 +184,14 @@ def test_settle_is_idempotent(clock: FakeTime) -> None:
     rl.admit(alice, 1, 400)
 
 
-def test_usage_over_the_reservation_is_counted(clock: FakeTime) -> None:
+def test_usage_over_the_reservation_becomes_debt(clock: FakeTime) -> None:
     rl, alice = RateLimits(), key(tpm=1000)
-    rl.admit(alice, 1, 100).settle(600)
-    refused(rl, alice, tokens=401)
-    rl.admit(alice, 1, 400)
+    rl.admit(alice, 1, 100).settle(600)  # 500 over: paid back at 1000 a minute, in 30 s
+    error = refused(rl, alice, tokens=1)
+    assert error.limit == "tpm" and error.retry_after == 30
+    clock.now += 30
+    rl.admit(alice, 1, 400)  # the minute's window still holds the 100 reserved
+    refused(rl, alice, tokens=501)
 
 
 def test_settle_after_the_window_moved_refunds_the_window_it_reserved_in(clock: FakeTime) -> None:
@@ -198,6 +201,143 @@ def test_settle_after_the_window_moved_refunds_the_window_it_reserved_in(clock: 
     refused(rl, alice, tokens=100)
     ticket.settle(0)
     rl.admit(alice, 1, 1000)
+
+
+# -- overdraft debt ------------------------------------------------------------------------------
+
+
+def test_overdraft_is_debt_paid_back_at_the_tpm_rate(clock: FakeTime) -> None:
+    rl, alice = RateLimits(), key(tpm=100)
+    start = clock.now
+    rl.admit(alice, 1, 10).settle(500)  # 490 over a 100-a-minute limit: 294 s to pay
+    error = refused(rl, alice, tokens=1)
+    assert error.limit == "tpm" and error.allowed == 100 and error.retry_after == 294
+    clock.now = start + 120  # the sliding window has forgotten it; the debt has not
+    assert refused(rl, alice, tokens=1).retry_after == 174
+    clock.now = start + 293
+    assert refused(rl, alice, tokens=1).retry_after == 1
+    clock.now = start + 294
+    rl.admit(alice, 1, 100)
+
+
+def test_overdraft_settled_after_the_minute_it_was_admitted_in_is_paid(clock: FakeTime) -> None:
+    rl, alice = RateLimits(), key(tpm=100)
+    ticket = rl.admit(alice, 1, 10)
+    clock.now += 90  # a cold start or a long stream: the admitting window is gone
+    ticket.settle(500)
+    assert refused(rl, alice, tokens=1).retry_after == 294
+    clock.now += 200
+    assert refused(rl, alice, tokens=1).retry_after == 94
+    clock.now += 94
+    rl.admit(alice, 1, 100)
+
+
+def test_overdrafts_add_up(clock: FakeTime) -> None:
+    rl, alice = RateLimits(), key(tpm=100)
+    first, second = rl.admit(alice, 1, 10), rl.admit(alice, 1, 10)
+    first.settle(500)
+    clock.now += 60  # 100 of the first 490 paid
+    second.settle(500)
+    assert refused(rl, alice, tokens=1).retry_after == 234 + 294
+
+
+def test_usage_within_the_reservation_makes_no_debt(clock: FakeTime) -> None:
+    rl, alice = RateLimits(), key(tpm=100)
+    rl.admit(alice, 1, 50).settle(50)
+    rl.admit(alice, 1, 30).settle(None)
+    rl.admit(alice, 1, 50)
+    assert rl.publish()["debt"] == {}
+
+
+def test_debt_refusal_takes_nothing(clock: FakeTime) -> None:
+    rl, alice = RateLimits(), key(rpm=3, tpm=100, max_streams=1)
+    rl.admit(alice, 1, 10).settle(500)
+    clock.now += 150  # both windows have expired; 250 tokens of debt are left
+    for tokens in (0, 1, 50):  # a request reserving nothing can still run up usage
+        error = refused(rl, alice, tokens=tokens, stream=True)
+        assert error.limit == "tpm" and error.retry_after == 144
+    doc = rl.publish()
+    assert doc["windows"] == {} and doc["streams"] == {}
+
+
+def test_debt_is_kept_by_key(clock: FakeTime) -> None:
+    rl = RateLimits()
+    rl.admit(key("alice", tpm=100), 1, 10).settle(500)
+    rl.admit(key("bob", tpm=100), 1, 100)
+    rl.admit(key("carol"), 1, 10).settle(10_000)  # no tpm: nothing to pay
+    assert list(rl.publish()["debt"]) == ["alice"]  # type: ignore[arg-type]
+
+
+def test_clock_is_injectable() -> None:
+    now = [1_000.0]
+    rl, alice = RateLimits(clock=lambda: now[0]), key(tpm=600)
+    rl.admit(alice, 1, 10).settle(110)  # 100 over at 600 a minute: 10 s
+    doc = rl.publish()
+    assert doc["at"] == 1_000.0 and doc["debt"] == {"alice": [100, 1_000.0]}
+    assert refused(rl, alice, tokens=1).retry_after == 10
+    now[0] += 10
+    rl.admit(alice, 1, 10)
+    assert rl.publish()["debt"] == {}
+
+
+def test_published_debt_blocks_the_key_on_another_wrapper(clock: FakeTime) -> None:
+    alice = key(tpm=100)
+    peer, here = RateLimits(), RateLimits()
+    peer.admit(alice, 1, 10).settle(500)
+    doc = peer.publish()
+    assert doc["debt"] == {"alice": [490, clock.now]}
+    here.absorb([doc], stale_after=30)
+    assert refused(here, alice, tokens=1).retry_after == 294
+    clock.now += 150  # the windows are gone; the peer's debt is not
+    here.absorb([peer.publish()], stale_after=30)
+    assert refused(here, alice, tokens=1).retry_after == 144
+    clock.now += 144
+    here.absorb([peer.publish()], stale_after=30)
+    here.admit(alice, 1, 100)
+    assert peer.publish()["debt"] == {}
+
+
+def test_own_and_peer_debts_add_up_and_are_paid_at_the_tpm_rate(clock: FakeTime) -> None:
+    alice = key(tpm=100)
+    a, b = RateLimits(), RateLimits()
+
+    def sync() -> None:
+        a_doc, b_doc = a.publish(), b.publish()
+        a.absorb([b_doc], stale_after=30)
+        b.absorb([a_doc], stale_after=30)
+
+    start = clock.now
+    a.admit(alice, 1, 10).settle(500)
+    b.admit(alice, 1, 10).settle(500)
+    sync()
+    for rl in (a, b):  # 980 tokens: 588 s, not 294
+        assert refused(rl, alice, tokens=1).retry_after == 588
+    for step in range(1, 20):  # paid at 100 a minute in all, not 100 on each wrapper
+        clock.now = start + 20 * step
+        sync()
+    clock.now = start + 400
+    for rl in (a, b):
+        assert refused(rl, alice, tokens=1).retry_after == 188
+    for step in range(20, 30):
+        clock.now = start + 20 * step
+        sync()
+    clock.now = start + 588
+    sync()
+    a.admit(alice, 1, 50)
+    b.admit(alice, 1, 50)
+
+
+def test_stale_peer_debt_is_ignored(clock: FakeTime) -> None:
+    alice = key(tpm=100)
+    peer, here = RateLimits(), RateLimits()
+    peer.admit(alice, 1, 10).settle(500)
+    clock.now += 150
+    doc = peer.publish()
+    here.absorb([doc], stale_after=30)
+    assert refused(here, alice, tokens=1).limit == "tpm"
+    clock.now += 31  # the peer stopped publishing: its debt counts no more
+    here.absorb([doc], stale_after=30)
+    here.admit(alice, 1, 100)
 
 
 # -- open streams --------------------------------------------------------------------------------
