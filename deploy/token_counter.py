@@ -88,6 +88,14 @@ class TokenCounter:
         self._use_lock = threading.Lock()
         self._formats: dict[str, ContentFormat] = {}
 
+    @property
+    def at_hand(self) -> bool:
+        """Loaded, or loadable without the network (a local folder): counting now costs no
+        download."""
+        return self._loaded is not None or bool(
+            self.info.tokenizer and Path(self.info.tokenizer).is_dir()
+        )
+
     # -- the public API (async: the work runs in a thread) ------------------------------------
 
     async def count_chat(

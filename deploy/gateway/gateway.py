@@ -227,7 +227,14 @@ class Gateway:
             self._step("write spilled rows", lambda: self.spill.replay(self.store))  # type: ignore[union-attr]
         if self._seal_pending:
             self._step("write seal", self._seal)
-        if self._step("read keys", self._read_keys):
+        # Keys first (who may call), then what budgets and limits need: a restarted wrapper
+        # knows the month's spend and its peers' counts before its first request.
+        read = [
+            self._step("read keys", self._read_keys),
+            self._step("read spend", self.ledger.refresh),
+            self._step("read limits", self._read_limits),
+        ]
+        if all(read):
             self.health.ok()
 
     def _log_mode(self) -> None:
@@ -276,6 +283,8 @@ class Gateway:
         budget = caller.monthly_budget_usd
         usd = 0.0
         if budget is not None:
+            if not self.ledger.spend_known:  # never read: the month's spend is unknown
+                raise self._unavailable(f"key {caller.name!r}'s spend against its budget")
             held = self._in_flight_usd.get(caller.name, 0.0)
             if self.ledger.month_spend(caller.name) + held >= budget:
                 raise LimitExceeded(caller.name, "monthly_budget_usd", budget,

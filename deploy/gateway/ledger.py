@@ -90,6 +90,8 @@ class Ledger:
         self._spend: dict[tuple[str, str], float] = {}  # (month, key): this writer's cost
         self._peer_spend: dict[str, float] = {}
         self._peer_month = ""
+        self.spend_known = False
+        """Whether other writers' spend was read once: a budget is not checked blind."""
 
     def record(
         self,
@@ -196,6 +198,7 @@ class Ledger:
             for key, usd in (doc.get("keys") or {}).items():
                 spend[key] = spend.get(key, 0.0) + float(usd)
         self._peer_spend, self._peer_month = spend, month
+        self.spend_known = True
 
     def query(
         self, key: str | None = None, start: str | None = None, end: str | None = None

@@ -75,7 +75,10 @@ async def estimate_usage(
     body: dict[str, Any], tally: StreamTally, counter: TokenCounter
 ) -> dict[str, int]:
     """The usage of a stream that ended without the engine's: counted with the served
-    tokenizer (in a worker thread), or roughly where it cannot be."""
+    tokenizer (in a worker thread) when it is at hand, or roughly (a booking never waits
+    for a tokenizer download)."""
+    if not counter.at_hand:
+        return rough_usage(body, tally)
     try:
         prompt = await counter.count_chat(body.get("messages") or [], body.get("tools"))
         completion = 0

@@ -255,7 +255,7 @@ class InferenceService:
         self._served(caller, usage, meta, model)
         # Only the engine's answers are kept: a fallback's would outlive the cold start.
         if lookup.store and by_engine and self.gateway.cache is not None:
-            self.gateway.cache.put(lookup.key or "", answer)
+            self.gateway.cache.put(lookup.key or "", answer, streamed=False)
 
     async def completion_response(self, request: Request, body: dict[str, Any]) -> Response:
         result, meta = await self.complete(request, body)
@@ -507,7 +507,7 @@ class _StreamRun:
     def store_in_cache(self, gateway: Gateway) -> None:
         """A stream that ran to its end fills the cache as a plain request would."""
         if self.recorder is not None and gateway.cache is not None and self.lookup.key:
-            gateway.cache.put(self.lookup.key, self.recorder.completion())
+            gateway.cache.put(self.lookup.key, self.recorder.completion(), streamed=True)
 
 
 def _tokens(usage: dict[str, Any] | None) -> int | None:

@@ -385,12 +385,27 @@ async def test_a_budget_holds_for_the_next_request_once_in_flight_ones_are_booke
     app = wrapper(MemoryStore(), api_keys=SecretStr(json.dumps(entries)),
                   request_cost_estimate_usd=0.4)  # fmt: skip
     gateway = app.state.gateway
+    await gateway.start()
     alice = gateway.keys.get("alice")
     held = [gateway.admit(alice, [{}]) for _ in range(3)]  # 0, 0.4, 0.8 held: all under 1.0
     with pytest.raises(Exception, match="monthly budget"):
         gateway.admit(alice, [{}])
     held[0].settle(0)
     gateway.admit(alice, [{}])  # a request's hold is released when it is settled
+
+
+async def test_a_restarted_wrapper_knows_the_month_s_spend_before_its_first_request() -> None:
+    store = FlakyStore()
+    entries = SecretStr(json.dumps([{"name": "alice", "key": ALICE, "monthly_budget_usd": 1e-9}]))
+    first = wrapper(store, api_keys=entries)
+    assert (await call(first, "POST", CHAT, ALICE, json=chat_body())).status_code == 200
+    await first.state.gateway.aclose()
+    restarted = wrapper(store, api_keys=entries)
+    assert_error(await call(restarted, "POST", CHAT, ALICE, json=chat_body()), 429,
+                 type_="monthly_budget_usd")  # fmt: skip
+    store.fail_reads = True  # and a wrapper that cannot read the spend does not guess
+    blind = wrapper(store, api_keys=entries)
+    assert_error(await call(blind, "POST", CHAT, ALICE, json=chat_body()), 503)
 
 
 def test_the_token_reservation_counts_n_and_the_tools() -> None:
