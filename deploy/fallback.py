@@ -77,6 +77,7 @@ class FallbackTransport:
 
     def _body(self, body: Mapping[str, Any], stream: bool) -> dict[str, Any]:
         out = {**body, "stream": stream}
+        out.pop("cache_salt", None)  # vLLM's, for its prefix cache: not another provider's
         if self._model:
             out["model"] = self._model
         return out

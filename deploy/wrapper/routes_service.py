@@ -9,7 +9,7 @@ decide when to call: each engine's state, queue depth, requests in flight, cold 
 scale-down window, and the cold fallback's policy and model. Engine internals (process id,
 URL, last error and when, failed starts, next start, warm schedule, GPU containers and
 backlog: any transport's ``extra``), when the engine last served anyone, the response
-cache's counters and the fallback's count are the admin's.
+cache's counters, the fallback's count and the state store's health are the admin's.
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ async def _status(service: InferenceService) -> dict[str, Any]:
     if cache is not None:  # this wrapper's own (the cache is per process)
         out["cache"] = {"entries": len(cache), "bytes": cache.bytes, "hits": cache.hits,
                         "misses": cache.misses}  # fmt: skip
+    # The gateway's store: whether it answers, failures by operation, open or closed.
+    out["state_store"] = service.gateway.store_status()
     if service.cold is not None:
         cold = service.cold
         out["cold_fallback"] = {"policy": cold.policy, "model": cold.fallback.model_name,

@@ -239,7 +239,13 @@ async def test_store_failures_are_counted_in_metrics_and_the_usage_route_answers
     assert 'vllm_autoscale_state_store_errors_total{op="write ledger"} 1.0' in metrics
     assert 'vllm_autoscale_state_store_errors_total{op="read keys"} 1.0' in metrics
     assert 'vllm_autoscale_state_store_errors_total{op="read ledger"} 1.0' in metrics
+    status = (await call(app, "GET", "/status", KEY)).json()["state_store"]
+    assert status["ok"] is False and status["failures"]["read keys"] == 1
+    assert "No space left" in status["last_error"] and status["url"] == "memory://"
     store.fail_reads = store.fail_writes = False
+    assert (await app.state.gateway.sync()) is True
+    status = (await call(app, "GET", "/status", KEY)).json()["state_store"]
+    assert status["ok"] is True and status["consecutive_failures"] == 0
     assert (await usage_of(app))["totals"]["requests"] == 1  # nothing lost meanwhile
 
 
