@@ -25,6 +25,13 @@ descriptor limit took ``/health`` down and made inference fail with 503 "lost th
     yet, ``Expect: 100-continue`` unanswered, a pipelined request waiting its turn) or is
     already answering, it is put off, and once the server is ready the client still gets a
     whole period.
+``max_header_bytes`` (``VLLM_MAX_HEADER_BYTES``, 64 KiB)
+    The largest request head (request line, header lines, blank line) the server reads. One
+    that goes over gets a 431 (OpenAI-shaped JSON) and the connection is closed, before any
+    route or key check sees the request. Nothing past the cap is read: the bytes of a head are
+    counted before they reach the parser, which is never fed more than the cap of one head
+    (httptools hands a header over only once it is whole, so counting its callbacks alone
+    would buffer a 64 MB header first). Measured before: a 64 MB header was read, unbounded.
 ``max_connections`` (``VLLM_MAX_CONNECTIONS``, ``min(10000, RLIMIT_NOFILE soft // 2)``)
     Connections beyond the cap get 503 ``overloaded`` (OpenAI-shaped JSON, ``Retry-After``)
     and are closed: load is shed before descriptors run out. Half the descriptor limit is
@@ -113,17 +120,21 @@ def default_backlog(max_connections: int) -> int:
 
 @dataclass(frozen=True)
 class HttpLimits:
-    """How long a client may take to send a request, and how many connections it may hold."""
+    """How long a client may take to send a request, how large its head may be, and how many
+    connections it may hold."""
 
     header_timeout: float = 10.0
     keepalive_timeout: float = 5.0
     body_timeout: float = 30.0
+    max_header_bytes: int = 64 * 1024
     max_connections: int = field(default_factory=default_max_connections)
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "keepalive_timeout", "body_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.max_header_bytes < 1:
+            raise ValueError(f"max_header_bytes must be >= 1, got {self.max_header_bytes!r}")
         if self.max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {self.max_connections!r}")
 
@@ -133,6 +144,7 @@ class HttpLimits:
             header_timeout=settings.header_timeout,
             keepalive_timeout=settings.keepalive_timeout,
             body_timeout=settings.body_timeout,
+            max_header_bytes=settings.max_header_bytes,
             max_connections=settings.max_connections or default_max_connections(),
         )
 
@@ -174,6 +186,22 @@ _TIMEOUT_HEAD, _TIMEOUT_BODY = _json_response(
 )
 
 
+def _head_too_large_response(limit: int) -> bytes:
+    """The 431 for a request head over ``limit`` bytes, status line apart."""
+    head, body = _json_response(
+        error_body(
+            f"The request head (request line and headers) is larger than the {limit} bytes "
+            "this server accepts (VLLM_MAX_HEADER_BYTES); the connection is closed.",
+            code=431,
+        ),
+    )
+    return head + body
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop the parser where a head went over the cap."""
+
+
 async def _overloaded(scope: Any, receive: Any, send: Any) -> None:
     """The ASGI app a connection over the cap gets instead of the wrapper."""
     await send({"type": "http.response.start", "status": 503, "headers": _OVERLOADED_HEADERS})
@@ -196,7 +224,11 @@ def _warn_over_cap(limit: int) -> None:
 
 class GuardedConfig(Config):
     """A ``uvicorn.Config`` that serves with ``GuardedHttpToolsProtocol`` under ``limits``
-    (one per server: it also counts the server's connections being turned away)."""
+    (one per server: it also counts the server's connections being turned away).
+
+    The protocol is pinned: uvicorn's h11 protocol never serves the wrapper (``server_config``
+    refuses an ``http`` option), so the limits here, the head cap included, are enforced for
+    the httptools protocol only."""
 
     def __init__(self, app: Any, *, limits: HttpLimits, **kwargs: Any) -> None:
         super().__init__(
@@ -212,13 +244,21 @@ class GuardedConfig(Config):
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """Uvicorn's httptools protocol with a header deadline, a body deadline and a cap.
+    """Uvicorn's httptools protocol with a header deadline, a body deadline, a head size cap
+    and a connection cap.
 
     One timer handle, ``_deadline``, per connection: the header deadline from
     ``connection_made`` (or a response's end) to ``on_headers_complete``, then, only if the
     body is still missing after the bytes at hand were parsed, the body deadline until
     ``on_message_complete``. While the request is served there is none (uvicorn's keep-alive
     timer takes over after the response).
+
+    The head cap is counted twice over. ``_head_left``: the bytes a head may still take, from
+    connection_made (or the previous request's end) to ``on_headers_complete``; a read is
+    handed to the parser only up to it, so the parser is never fed more than the cap of one
+    head. ``_head_fields``: the URL, header names and values as the parser delivers them
+    (``on_url``, ``on_header``), for a head that begins inside a read the parser was handed
+    whole (pipelined behind a request, or behind a body). Either one going over answers 431.
     """
 
     def __init__(
@@ -239,6 +279,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deferred = False  # the body clock was put off: the server was the holdup
         self.rejected = False
         self._graceful_reject = False
+        self._head_left: int | None = limits.max_header_bytes  # None: not receiving a head
+        self._head_fields = 0
+        self._head_over = False  # a head went over the cap: nothing more is read or parsed
 
     # -- the connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -280,26 +323,72 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        if self._head_over:
+            return  # a 431 waits for the responses before it: nothing more is parsed
+        self._feed(data)
         # The headers are in but not the whole body: the body's clock starts.
         if self._in_body and self._deadline is None and not self.transport.is_closing():
             self._deferred = False
             self._deadline = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
 
+    def _feed(self, data: bytes) -> None:
+        """Hand ``data`` to the parser, but of a head being received no more than its cap:
+        if the head has not ended when the cap is reached, it is over and gets a 431."""
+        while True:
+            left = self._head_left
+            if left is None or len(data) <= left:
+                if left is not None:
+                    self._head_left = left - len(data)
+                super().data_received(data)
+                return
+            self._head_left = 0
+            if left:
+                super().data_received(data[:left])
+                if self._head_over or self.transport.is_closing():
+                    return
+            if self._head_left == 0:  # the cap reached inside the head: it is longer
+                self._head_too_large()
+                return
+            data = data[left:]  # the head ended within the cap: the rest is read as usual
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_over:  # not a malformed request: _count_field stopped the parser
+            self._head_too_large()
+        else:
+            super().send_400_response(msg)
+
     # -- parser callbacks --------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._head_fields = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_field(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_field(len(name) + len(value))
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        self._head_left = None
         self._cancel_deadline()
         self._in_body = True
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._head_left = self.limits.max_header_bytes  # the next request's head starts
         self._cancel_deadline()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)
         super().on_response_complete()
+        if self._head_over:
+            if not self.transport.is_closing():
+                self._head_too_large()  # the 431 once the requests before it are answered
+            return
         # Between requests: the next request's headers are due within header_timeout
         # (uvicorn's keep-alive timer closes the connection sooner if not a byte comes).
         if not (
@@ -308,6 +397,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._deadline = self.loop.call_later(
                 self.limits.header_timeout, self._headers_timed_out
             )
+
+    # -- the head cap ------------------------------------------------------------------------
+    def _count_field(self, size: int) -> None:
+        self._head_fields += size
+        if self._head_fields > self.limits.max_header_bytes:
+            self._head_over = True
+            # Stops the parser here; uvicorn takes it for a parse error: send_400_response.
+            raise _HeadTooLarge
+
+    def _head_too_large(self) -> None:
+        """The head being received is over the cap: 431 and close, reading nothing more. If
+        earlier (pipelined) requests are still being answered, the 431 waits for them
+        (``on_response_complete``): it must not land inside their responses."""
+        self._head_over = True
+        cycle = self.cycle
+        if self._in_body:
+            # Trailers after a chunked body (header fields too, counted with the head): the
+            # request being received is refused, if it has no answer under way or owed.
+            self._in_body = False
+            self._cancel_deadline()
+            if cycle.response_started or self.pipeline:
+                self._close()
+                return
+            cycle.disconnected = True  # the app hears of it; nothing it sends is written
+            cycle.message_event.set()
+        elif self.pipeline or (cycle is not None and not cycle.response_complete):
+            self.flow.pause_reading()
+            return
+        limit = self.limits.max_header_bytes
+        log.debug("closing %s: request head over %d bytes", self.client, limit)
+        head = [STATUS_LINE[431]]
+        for name, value in self.server_state.default_headers:
+            head.extend((name, b": ", value, b"\r\n"))
+        self.transport.write(b"".join((*head, _head_too_large_response(limit))))
+        self._close()
 
     # -- the timers --------------------------------------------------------------------------
     def _cancel_deadline(self) -> None:
@@ -377,9 +501,9 @@ def server_config(
 ) -> uvicorn.Config:
     """The wrapper's uvicorn config: ``GuardedHttpToolsProtocol`` with ``settings``' limits
     (``VLLM_HEADER_TIMEOUT``, ``VLLM_KEEPALIVE_TIMEOUT``, ``VLLM_BODY_TIMEOUT``,
-    ``VLLM_MAX_CONNECTIONS``). ``kwargs`` go to ``uvicorn.Config`` (log level, lifespan...);
-    the protocol, keep-alive and concurrency options are this module's and cannot be
-    overridden."""
+    ``VLLM_MAX_HEADER_BYTES``, ``VLLM_MAX_CONNECTIONS``). ``kwargs`` go to ``uvicorn.Config``
+    (log level, lifespan...); the protocol, keep-alive and concurrency options are this
+    module's and cannot be overridden."""
     owned = {"http", "ws", "timeout_keep_alive", "limit_concurrency"} & kwargs.keys()
     if owned:
         raise TypeError(f"server_config() sets {', '.join(sorted(owned))} itself")

@@ -1,14 +1,23 @@
-"""The wrapper's HTTP protocol, offline: its header, keep-alive and body deadlines and its
-connection cap, driven through uvicorn's protocol interface with a fake transport."""
+"""The wrapper's HTTP protocol, offline: its header, keep-alive and body deadlines, its head
+size cap and its connection cap, driven through uvicorn's protocol interface with a fake
+transport (and the head cap once more over a real socket)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import select
+import socket
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvicorn
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
@@ -153,6 +162,7 @@ def limits(**overrides: Any) -> HttpLimits:
 
 
 GET = b"GET /health HTTP/1.1\r\nhost: test\r\n\r\n"
+CAP = 64 * 1024  # the default VLLM_MAX_HEADER_BYTES
 
 
 def post_head(length: int, extra: bytes = b"") -> bytes:
@@ -212,11 +222,24 @@ def test_backlog_fits_in_the_descriptors_left_beyond_the_cap(
     assert server_config(ok_app, Settings(), log_config=None, backlog=10).backlog == 10
 
 
+def test_max_header_bytes_comes_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().max_header_bytes == CAP
+    assert HttpLimits().max_header_bytes == CAP
+    assert HttpLimits.from_settings(Settings()).max_header_bytes == CAP
+    monkeypatch.setenv("VLLM_MAX_HEADER_BYTES", "4096")
+    assert "VLLM_MAX_HEADER_BYTES" in Settings.env_names()
+    assert HttpLimits.from_settings(Settings()).max_header_bytes == 4096
+    config = server_config(ok_app, Settings(), log_config=None)
+    assert isinstance(config, GuardedConfig) and config.limits.max_header_bytes == 4096
+
+
 def test_limits_reject_nonsense() -> None:
     with pytest.raises(ValueError):
         HttpLimits(header_timeout=0)
     with pytest.raises(ValueError):
         HttpLimits(max_connections=0)
+    with pytest.raises(ValueError):
+        HttpLimits(max_header_bytes=0)
 
 
 def test_server_config_pins_the_protocol_and_owns_its_options() -> None:
@@ -469,3 +492,236 @@ async def test_a_client_that_does_not_read_cannot_hold_a_timed_out_socket() -> N
     conn.transport.buffered = 1 << 20  # unsent bytes a close() would wait for
     await conn.wait_closed()
     assert conn.transport.aborted
+
+
+# -- the head size cap ------------------------------------------------------------------------
+
+
+class CountingParser:
+    """Stands in for a protocol's parser: counts the bytes it is fed."""
+
+    def __init__(self, parser: Any) -> None:
+        self.parser, self.fed = parser, 0
+
+    def feed_data(self, data: bytes) -> None:
+        self.fed += len(data)
+        self.parser.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
+
+
+def counting(conn: Conn) -> CountingParser:
+    parser = CountingParser(conn.protocol.parser)
+    conn.protocol.parser = parser  # type: ignore[assignment]
+    return parser
+
+
+def head_of(size: int, target: bytes = b"/health", line: int = 1024) -> bytes:
+    """A GET's head of exactly ``size`` bytes (request line, header lines, blank line), made
+    up to size with ``x-pad-N`` header lines of about ``line`` bytes each."""
+    head = b"GET %s HTTP/1.1\r\nhost: test\r\n" % target
+    lines, left, i = [], size - len(head) - 2, 0
+    while left:
+        n = left if left < 2 * line else line
+        name = b"x-pad-%d" % i
+        lines.append(b"%s: %s\r\n" % (name, b"v" * (n - len(name) - 4)))
+        left, i = left - n, i + 1
+    head += b"".join(lines) + b"\r\n"
+    assert len(head) == size
+    return head
+
+
+def assert_431(written: bytes, cap: int = CAP) -> None:
+    head, _, body = written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), written[:200]
+    assert b"connection: close" in head and b"content-type: application/json" in head
+    assert int(head.split(b"content-length: ")[1].split(b"\r\n")[0]) == len(body)
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", None, 431)
+    assert str(cap) in error["message"] and "VLLM_MAX_HEADER_BYTES" in error["message"]
+
+
+def recording_app(seen: list[str]) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await ok_app(scope, receive, send)
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        head_of(CAP + 1),  # many headers, one byte over
+        head_of(CAP + 1, line=CAP),  # one long header
+        head_of(CAP + 1, target=b"/" + b"u" * (CAP - 100), line=60),  # a long URL
+    ],
+    ids=["many-headers", "one-header", "long-url"],
+)
+async def test_a_head_over_the_cap_gets_a_json_431_and_is_closed(head: bytes) -> None:
+    seen: list[str] = []
+    conn = Conn(recording_app(seen), limits())
+    parser = counting(conn)
+    conn.send(head + b"GET /next HTTP/1.1\r\nhost: test\r\n\r\n")
+    assert conn.closed  # at once, not at the header deadline
+    assert parser.fed == CAP  # nothing beyond the cap was parsed
+    assert_431(bytes(conn.transport.written))
+    await conn.wait_closed()
+    assert conn.protocol not in conn.state.connections
+    await asyncio.sleep(0.02)
+    assert seen == []  # no route saw it
+
+
+async def test_heads_up_to_the_cap_are_served() -> None:
+    seen: list[str] = []
+    conn = Conn(recording_app(seen), limits(keepalive_timeout=5, header_timeout=5))
+    # Many headers (60 KiB), twice on one kept-alive connection: each head is counted anew.
+    for i in range(2):
+        conn.send(head_of(60 * 1024, line=400))
+        await conn.wait_written(b"\r\n\r\n0", limit=3.0)
+        assert conn.transport.written.startswith(b"HTTP/1.1 200"), i
+        assert not conn.closed
+        conn.transport.written.clear()
+    # A head of exactly the cap, in pieces.
+    head = head_of(CAP, line=CAP)
+    for start in range(0, len(head), 1000):
+        conn.send(head[start : start + 1000])
+    await conn.wait_written(b"\r\n\r\n0")
+    assert conn.transport.written.startswith(b"HTTP/1.1 200") and not conn.closed
+    assert seen == ["/health"] * 3
+
+
+async def test_a_huge_header_sent_in_pieces_is_cut_off_at_the_cap() -> None:
+    conn = Conn(ok_app, limits())
+    parser = counting(conn)
+    conn.send(b"GET /health HTTP/1.1\r\nhost: test\r\nx-big: ")
+    piece, sent = b"a" * 65536, 0
+    while sent < 8 * 2**20 and not conn.closed:  # 8 MB
+        conn.send(piece)
+        sent += len(piece)
+    assert conn.closed and sent <= 2 * len(piece)  # cut in the second piece
+    assert parser.fed == CAP
+    assert_431(bytes(conn.transport.written))
+
+
+async def test_an_oversized_head_pipelined_behind_a_request_gets_431_after_its_answer() -> None:
+    # The second head starts inside the same read as the first request: counted field by
+    # field as the parser delivers it (URL, header names and values). The 431 waits for the
+    # first request's answer (it must not land inside it); nothing more is parsed meanwhile.
+    seen: list[str] = []
+    conn = Conn(recording_app(seen), limits())
+    parser = counting(conn)
+    conn.send(GET + head_of(3 * CAP, target=b"/second", line=500))
+    assert parser.fed <= 2 * CAP
+    conn.send(GET)  # ignored: the connection is done reading
+    await conn.wait_closed()
+    written = bytes(conn.transport.written)
+    assert written.startswith(b"HTTP/1.1 200") and written.count(b"HTTP/1.1 ") == 2
+    assert_431(written[written.index(b"HTTP/1.1 431") :])
+    assert seen == ["/health"]
+
+
+async def test_trailers_over_the_cap_get_431_in_place_of_the_request() -> None:
+    # Trailers after a chunked body are header fields too: counted with the head.
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while (message := await receive())["type"] != "http.disconnect":
+            seen.append(message)
+            if not message.get("more_body"):
+                break
+        await ok_app(scope, receive, send)  # too late: nothing reaches the wire
+
+    conn = Conn(app, limits(header_timeout=5, body_timeout=5))
+    conn.send(b"POST /v1/x HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n")
+    conn.send(b"3\r\nabc\r\n0\r\n")
+    trailer = b"x-trailer: " + b"t" * 1000 + b"\r\n"
+    while not conn.closed:
+        conn.send(trailer)
+        await asyncio.sleep(0)
+    await conn.wait_closed()
+    assert_431(bytes(conn.transport.written))
+    await asyncio.sleep(0.02)
+    assert all(m["type"] == "http.request" for m in seen) and seen[-1].get("more_body")
+
+
+@contextlib.contextmanager
+def serving(app: Any, settings: Settings) -> Iterator[str]:
+    """``app`` on the wrapper's own server (``server_config``) in a thread, on a Unix socket
+    (unit tests stay off the network); yields the socket's path."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "wrapper.sock")
+        config = server_config(app, settings, uds=path, log_config=None, lifespan="off")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not server.started:
+                assert thread.is_alive() and time.monotonic() < deadline, "no server"
+                time.sleep(0.01)
+            yield path
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+def connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(path)
+    return sock
+
+
+def get_over_socket(path: str) -> bytes:
+    with connect(path) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_a_huge_header_over_a_socket_is_cut_off_early_and_the_server_keeps_serving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    received: list[int] = []  # what the server read from its sockets
+    data_received = GuardedHttpToolsProtocol.data_received
+
+    def counted(self: GuardedHttpToolsProtocol, data: bytes) -> None:
+        received.append(len(data))
+        data_received(self, data)
+
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "data_received", counted)
+    total = 8 * 2**20  # an 8 MB header, sent in 64 KiB pieces
+    with serving(ok_app, Settings(header_timeout=30)) as path:
+        with connect(path) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: test\r\nx-big: ")
+            sent, answer, cut = 0, b"", False
+            piece = b"a" * 65536
+            while sent < total:
+                try:
+                    sock.sendall(piece)
+                except (BrokenPipeError, ConnectionResetError):
+                    cut = True
+                    break
+                sent += len(piece)
+                if select.select([sock], [], [], 0.005)[0]:  # the server has answered
+                    with contextlib.suppress(ConnectionResetError):
+                        answer = sock.recv(65536)
+                    break
+            # The server answered or hung up well before the client was done.
+            assert cut or answer, "the server read the whole 8 MB header"
+            assert sent < total / 2
+            if answer:
+                with contextlib.suppress(OSError):
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+                assert_431(answer)
+        # It read about the cap, not the header: one read beyond it at most.
+        assert sum(received) < CAP + 512 * 1024, sum(received)
+        # And it still serves other connections.
+        answer = get_over_socket(path)
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\n0")
