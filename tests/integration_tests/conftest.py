@@ -66,12 +66,12 @@ def warm_stack(stack: LocalStack) -> LocalStack:
 
 @contextlib.contextmanager
 def serve_on_stack(
-    stack: LocalStack, app: ASGIApp, settings: Settings | None = None
+    stack: LocalStack, app: ASGIApp, settings: Settings | None = None, port: int | None = None
 ) -> Iterator[str]:
     """Serve another app on the stack's event loop (where the engine's client lives), without
     lifespan, so stopping it leaves the session's engine running. Yields its URL. With
     ``settings``, on the wrapper's own server (its time-outs and connection cap)."""
-    port = free_port()
+    port = port or free_port()
     options: dict = {"host": "127.0.0.1", "port": port, "log_level": "warning", "lifespan": "off"}
     if settings is None:
         config = uvicorn.Config(app, **options)

@@ -377,9 +377,7 @@ async def test_concurrent_requests_overrun_a_budget_by_at_most_one_request(strea
 
     fake.chat = slow_chat  # type: ignore[method-assign]
     body = stream_body() if stream else chat_body()
-    answers = await asyncio.gather(
-        *(call(app, "POST", CHAT, ALICE, json=body) for _ in range(50))
-    )
+    answers = await asyncio.gather(*(call(app, "POST", CHAT, ALICE, json=body) for _ in range(50)))
     assert sum(r.status_code == 200 for r in answers) == 1
     refused = [r for r in answers if r.status_code == 429]
     assert len(refused) == 49
