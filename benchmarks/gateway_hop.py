@@ -1,11 +1,15 @@
 """The gateway's cost at the wrapper, side by side with the wrapper before it.
 
     python -m benchmarks.gateway_hop [--ref a0a479f] [--n 3000] [--out benchmarks/results]
+    python -m benchmarks.gateway_hop --ref REV --ref-gateway   # the gateway at REV vs here
 
 One zero-compute stub upstream and, over it, three wrappers, timed call by call in turn (the
 order reversed every other round) so machine noise hits them alike:
 
-- ``ref``: the wrapper at ``--ref`` (before the gateway): one key, no limits, no cache;
+- ``ref``: the wrapper at ``--ref`` (before the gateway): one key, no limits, no cache; with
+  ``--ref-gateway``, the gateway at ``--ref`` with the same 50 keys, limits, ledger and cache
+  as this tree's (a change to the gateway measured side by side with the gateway before it;
+  written as ``gateway_hop_vs_ref``);
 - ``gateway``: this tree with 50 named keys, the caller's rpm, tpm, stream and monthly
   budget limits on (never reached), the ledger in SQLite, the cache on at its default size
   (1,024 entries, always full after the first rounds); every request is
@@ -66,7 +70,9 @@ def _caller(client: httpx.Client, url: str, key: str | None, body: Callable[[], 
     return call
 
 
-def one_round(paths: dict[str, str], n: int, seeds: itertools.count) -> dict[str, Any]:
+def one_round(
+    paths: dict[str, str], n: int, seeds: itertools.count, ref_key: str = ADMIN_KEY
+) -> dict[str, Any]:
     prompt = [{"role": "user", "content": "Say ok."}]
 
     def fresh() -> dict[str, Any]:  # deterministic, never seen: a miss
@@ -79,7 +85,7 @@ def one_round(paths: dict[str, str], n: int, seeds: itertools.count) -> dict[str
     with httpx.Client(timeout=60) as client:
         calls = {
             "direct": _caller(client, paths["direct"], None, fresh),
-            "ref": _caller(client, paths["ref"], ADMIN_KEY, fresh),
+            "ref": _caller(client, paths["ref"], ref_key, fresh),
             "gateway": _caller(client, paths["gateway"], USER_KEYS[-1], fresh),
             "hit": _caller(client, paths["gateway"], USER_KEYS[0], same),
         }
@@ -97,12 +103,16 @@ def one_round(paths: dict[str, str], n: int, seeds: itertools.count) -> dict[str
     return out
 
 
-def compare(ref: str, n: int) -> dict[str, Any]:
+def compare(ref: str, n: int, ref_gateway: bool = False) -> dict[str, Any]:
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         old_tree = stack.enter_context(_worktree(ref))
         stub = _serve(stack, ROOT, env={})
         port = stub.rsplit(":", 1)[1]
-        ref_env = {"VLLM_WRAPPER_API_KEY": ADMIN_KEY}
+        ref_env = (
+            _gateway_env(Path(tmp) / "ref-state.db") if ref_gateway
+            else {"VLLM_WRAPPER_API_KEY": ADMIN_KEY}
+        )  # fmt: skip
+        ref_key = USER_KEYS[-1] if ref_gateway else ADMIN_KEY
         paths = {
             "direct": stub,
             "ref": _serve(stack, old_tree, "--wrap", port, env=ref_env),
@@ -111,8 +121,8 @@ def compare(ref: str, n: int) -> dict[str, Any]:
             ),
         }
         seeds = itertools.count()
-        rounds = [one_round(paths, n // ROUNDS, seeds) for _ in range(ROUNDS)]
-    out: dict[str, Any] = {"ref": ref, "n": n, "rounds": rounds}
+        rounds = [one_round(paths, n // ROUNDS, seeds, ref_key) for _ in range(ROUNDS)]
+    out: dict[str, Any] = {"ref": ref, "ref_gateway": ref_gateway, "n": n, "rounds": rounds}
     med = lambda key: statistics.median(r[key] for r in rounds)  # noqa: E731
     for q in ("p50", "p99"):
         for name in ("ref", "gateway", "hit"):
@@ -132,13 +142,16 @@ def compare(ref: str, n: int) -> dict[str, Any]:
 
 
 def markdown(r: dict[str, Any]) -> str:
+    ref_setup = (
+        "the same gateway settings" if r.get("ref_gateway") else "one key, no limits, no cache"
+    )
     lines = [
         f"# The gateway's hop: this tree vs `{r['ref']}` ({r['n']} requests per path, "
         f"{ROUNDS} rounds, interleaved; {os.cpu_count()} CPUs)",
         "",
         "| added over the stub | p50 (ms) | p99 (ms) |",
         "| --- | --- | --- |",
-        f"| `{r['ref']}` (one key, no limits, no cache) | {r['ref_added_p50_ms']:.3f} | "
+        f"| `{r['ref']}` ({ref_setup}) | {r['ref_added_p50_ms']:.3f} | "
         f"{r['ref_added_p99_ms']:.3f} |",
         f"| gateway: 50 keys, limits, ledger, cache miss | {r['gateway_added_p50_ms']:.3f} | "
         f"{r['gateway_added_p99_ms']:.3f} |",
@@ -165,11 +178,17 @@ def markdown(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ref", default="a0a479f", help="the wrapper before the gateway")
+    parser.add_argument(
+        "--ref-gateway",
+        action="store_true",
+        help="serve the ref with the same gateway settings as this tree",
+    )
     parser.add_argument("--n", type=int, default=3000, help="requests per path, in all")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
-    result = compare(args.ref, args.n)
-    save(args.out, "gateway_hop", result, markdown(result))
+    result = compare(args.ref, args.n, args.ref_gateway)
+    name = "gateway_hop_vs_ref" if args.ref_gateway else "gateway_hop"
+    save(args.out, name, result, markdown(result))
     return 0
 
 
