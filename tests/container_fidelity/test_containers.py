@@ -218,7 +218,7 @@ def test_wrapper_container_keeps_its_ledger_in_modal_dicts(wrapper_container) ->
     """On Modal the gateway's state is in Modal Dicts every wrapper container shares; the
     usage route reads back what a request wrote through the store's Dict calls."""
     assert wrapper_container["report"]["state_dicts"] == [
-        f"vllm-autoscale-gateway-{table}" for table in ("ledger", "spend", "limits", "keys")
+        f"vllm-autoscale-gateway-{table}" for table in ("ledger", "spend", "limits", "keys", "meta")
     ]
     auth = {"authorization": f"Bearer {SECRET_VALUES['VLLM_WRAPPER_API_KEY']}"}
     with httpx.Client(base_url=wrapper_container["url"], timeout=30) as http:
