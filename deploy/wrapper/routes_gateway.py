@@ -30,6 +30,16 @@ def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]
 
 
+def _store_down(gateway: Gateway, op: str, exc: Exception) -> StoreUnavailable:
+    """A store call failed: counted and logged, answered 503 naming the store (never 500)."""
+    gateway.store_failed(op, exc)
+    return StoreUnavailable(
+        f"the gateway's state store ({describe(gateway.store_url)}) cannot be "
+        f"{'read' if op.startswith('read') else 'written'}; retry shortly",
+        retry_after=max(1.0, gateway.settings.state_sync_interval),
+    )
+
+
 def _date(value: str | None, param: str) -> str | None:
     if value is None:
         return None
@@ -66,11 +76,7 @@ async def usage(
     try:
         rows = await asyncio.to_thread(read)
     except Exception as exc:
-        gateway.store_failed("read ledger", exc)
-        raise StoreUnavailable(
-            f"the usage ledger's store ({describe(gateway.store_url)}) cannot be read; "
-            "retry shortly", retry_after=max(1.0, gateway.settings.state_sync_interval),
-        ) from None  # fmt: skip
+        raise _store_down(gateway, "read ledger", exc) from None
     return {
         "object": "list",
         "data": [row.to_dict() for row in rows],
@@ -101,7 +107,7 @@ async def list_keys(request: Request, _: Admin) -> dict[str, Any]:
 
 
 @router.post(
-    "/v1/keys", status_code=HTTPStatus.CREATED, responses=errors(400, 409, 422),
+    "/v1/keys", status_code=HTTPStatus.CREATED, responses=errors(400, 409, 422, 503),
     openapi_extra=json_body(NewKey),
 )  # fmt: skip
 async def create_key(request: Request, _: Admin) -> dict[str, Any]:
@@ -116,6 +122,8 @@ async def create_key(request: Request, _: Admin) -> dict[str, Any]:
     except KeyError:
         raise InvalidRequest(f"a key named {new.name!r} exists", "name",
                              HTTPStatus.CONFLICT) from None  # fmt: skip
+    except Exception as exc:  # the store: no key was made (the caller may send it again)
+        raise _store_down(gateway, "write keys", exc) from None
     answer = {"key": token, **record.public()}
     if was_open:
         answer["closed_wrapper"] = (
@@ -125,7 +133,9 @@ async def create_key(request: Request, _: Admin) -> dict[str, Any]:
     return answer
 
 
-@router.delete("/v1/keys/{name}", status_code=HTTPStatus.NO_CONTENT, responses=errors(404, 409))
+@router.delete(
+    "/v1/keys/{name}", status_code=HTTPStatus.NO_CONTENT, responses=errors(404, 409, 503)
+)
 async def revoke_key(request: Request, name: str, _: Admin) -> Response:
     """Revoke a key created here; other wrappers drop it within a sync interval."""
     gateway = _gateway(request)
@@ -137,5 +147,8 @@ async def revoke_key(request: Request, name: str, _: Admin) -> Response:
             f"key {name!r} comes from {record.source}: remove it there",
             "name", HTTPStatus.CONFLICT,
         )  # fmt: skip
-    await asyncio.to_thread(gateway.revoke_key, name)
+    try:
+        await asyncio.to_thread(gateway.revoke_key, name)
+    except Exception as exc:  # the store: the key is not revoked yet (send it again)
+        raise _store_down(gateway, "write keys", exc) from None
     return Response(status_code=HTTPStatus.NO_CONTENT)

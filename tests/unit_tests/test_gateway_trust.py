@@ -249,6 +249,19 @@ async def test_store_failures_are_counted_in_metrics_and_the_usage_route_answers
     assert (await usage_of(app))["totals"]["requests"] == 1  # nothing lost meanwhile
 
 
+async def test_key_management_with_the_store_down_answers_503_and_changes_nothing() -> None:
+    store = FlakyStore()
+    app = wrapper(store, wrapper_api_key=SecretStr(KEY))
+    gus = (await call(app, "POST", "/v1/keys", KEY, json={"name": "gus"})).json()["key"]
+    store.fail_writes = True
+    error = assert_error(await call(app, "POST", "/v1/keys", KEY, json={"name": "hal"}), 503)
+    assert error["type"] == "state_store_unavailable" and "memory://" in error["message"]
+    assert_error(await call(app, "DELETE", "/v1/keys/gus", KEY), 503)
+    store.fail_writes = False
+    assert (await call(app, "POST", CHAT, gus, json=chat_body())).status_code == 200
+    assert store.get("keys", "hal") is None
+
+
 async def test_a_shutdown_with_the_store_down_closes_transports_and_spills_the_rows(
     tmp_path: Path,
 ) -> None:
