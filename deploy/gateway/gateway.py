@@ -45,7 +45,7 @@ from .limiter import LimitExceeded, RateLimits, Ticket
 from .spill import Spill
 from .store import SEALED, StateStore, StoreHealth, describe, open_store
 
-__all__ = ["DEFAULT_LOCAL_STATE", "Admission", "Gateway", "configured_keys"]
+__all__ = ["DEFAULT_LOCAL_STATE", "Admission", "Gateway", "configured_keys", "prompt_estimate"]
 
 log = logging.getLogger("vllm_autoscale.gateway")
 DEFAULT_LOCAL_STATE = "sqlite:///~/.local/state/vllm-autoscale/gateway.sqlite3"
@@ -72,6 +72,11 @@ def configured_keys(settings: Settings) -> list[KeyRecord]:
     if settings.api_keys_file is not None:
         records += load_file(settings.api_keys_file)
     return records
+
+
+def prompt_estimate(body: Mapping[str, Any]) -> int:
+    """A prompt's tokens without a tokenizer: about 4 bytes of its messages a token."""
+    return len(canonical_json(body.get("messages") or [])) // 4 + 1
 
 
 def _writer_id() -> str:
@@ -316,7 +321,7 @@ class Gateway:
     def reserve(self, body: dict[str, Any]) -> int:
         """Tokens to hold for a request: its prompt and tools (about 4 bytes a token) and its
         output cap for each of its ``n`` choices."""
-        prompt = len(canonical_json(body.get("messages") or [])) // 4 + 1
+        prompt = prompt_estimate(body)
         if body.get("tools"):
             prompt += len(canonical_json(body["tools"])) // 4
         output = body.get("max_tokens") or body.get("max_completion_tokens")

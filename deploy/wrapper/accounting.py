@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ..contract import Facts, Reply
-from ..gateway.cache import canonical_json
+from ..gateway.gateway import prompt_estimate
 from ..token_counter import TokenCounter
 
 __all__ = ["StreamTally", "estimate_usage", "rough_usage", "split_by_model"]
@@ -67,8 +67,7 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 def rough_usage(body: dict[str, Any], tally: StreamTally) -> dict[str, int]:
     """Without a tokenizer: the prompt at about 4 bytes a token, a token a chunk."""
-    prompt = len(canonical_json(body.get("messages") or [])) // 4 + 1
-    return _usage(prompt, tally.pieces)
+    return _usage(prompt_estimate(body), tally.pieces)
 
 
 async def estimate_usage(

@@ -363,8 +363,8 @@ class InferenceService:
             if isinstance(exc, EngineError):  # keeps its HTTP status: nothing was sent yet
                 return engine_error_response(exc)
             raise
-        run = _StreamRun(caller, ticket, started, wants_usage, lookup, transport, served, body)
-        run.tally = tally
+        run = _StreamRun(caller, ticket, started, wants_usage, lookup, transport, served, body,
+                         tally)  # fmt: skip
         # Tool calls go out whole (see tool_stream.py); a stream without tools is not touched.
         run.tools = ToolCallAssembler() if wants_tool_assembly(body) else None
         cold = await self._cold(first, transport)
@@ -405,7 +405,7 @@ class InferenceService:
     async def _events(
         self, request: Request, pump: StreamPump, item: Any, run: _StreamRun
     ) -> AsyncIterator[bytes]:
-        facts, first_token, tools = Facts(), True, run.tools
+        first_token, tools = True, run.tools
         while item is not END:
             if item is HEARTBEAT:
                 yield KEEP_ALIVE
@@ -416,8 +416,7 @@ class InferenceService:
                 break
             elif isinstance(item, Exception):
                 raise item
-            else:
-                facts = item.facts or facts
+            else:  # its facts are the tally's (it saw this part first)
                 chunk = item.body if tools is None else tools.feed(item.body)
                 if chunk is None:  # a tool call's piece, held until the call is whole
                     item = await pump.get()
@@ -428,11 +427,7 @@ class InferenceService:
                     self.metrics.ttft.observe(time.perf_counter() - run.started)
                     first_token = False
                 if chunk.get("usage") and not chunk.get("choices"):
-                    meta = self.meta(request, facts, run.started, run.cache, run.served_by,
-                                     run.settings)  # fmt: skip
-                    run.ticket.settle(_tokens(chunk["usage"]))
-                    self._served(run.caller, chunk["usage"], meta, run.model)
-                    run.booked = True
+                    meta = self._book_stream(request, run, chunk["usage"], estimated=False)
                     if run.wants_usage:
                         chunk["vllm_autoscale"] = meta
                         yield sse(chunk)
@@ -450,7 +445,7 @@ class InferenceService:
         """Book a stream that ended without its usage reaching the books: the engine's usage
         if the tally saw it, else the tokens counted from what the engine sent (estimated)."""
         tally = run.tally
-        if tally is None or (tally.usage is None and not tally.pieces):
+        if tally.usage is None and not tally.pieces:
             return  # nothing was generated (failed before its first token)
         usage, estimated = tally.usage, tally.usage is None
         if usage is None:
@@ -463,16 +458,18 @@ class InferenceService:
 
     def _book_stream(
         self, request: Request, run: _StreamRun, usage: dict[str, Any], estimated: bool
-    ) -> None:
-        facts = run.tally.facts if run.tally is not None else None
-        meta = self.meta(request, facts or Facts(), run.started, run.cache, run.served_by,
-                         run.settings)  # fmt: skip
+    ) -> dict[str, Any]:
+        """A stream's books, kept once: its limits settled, the ledger, the metrics; returns
+        the call's metadata (the usage chunk carries it)."""
+        meta = self.meta(request, run.tally.facts or Facts(), run.started, run.cache,
+                         run.served_by, run.settings)  # fmt: skip
         run.ticket.settle(_tokens(usage))
         self._served(run.caller, usage, meta, run.model, estimated=estimated)
         run.booked = True
         if estimated:
             log.info("booked an unfinished stream's tokens as counted by the wrapper: %s",
                      usage, extra={"request_id": request.state.request_id})  # fmt: skip
+        return meta
 
 
 class _StreamRun:
@@ -488,10 +485,10 @@ class _StreamRun:
         transport: EngineTransport,
         served: ServedModel,
         body: dict[str, Any],
+        tally: StreamTally,
     ) -> None:
         self.caller, self.ticket, self.started = caller, ticket, started
-        self.wants_usage, self.lookup, self.body = wants_usage, lookup, body
-        self.tally: StreamTally | None = None
+        self.wants_usage, self.lookup, self.body, self.tally = wants_usage, lookup, body, tally
         self.booked = False
         self.counter = served.counter
         self.tools: ToolCallAssembler | None = None

@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from starlette.types import Message
 
 from deploy.contract import Facts
 from deploy.errors import EngineRequestError, EngineUnavailable, Overloaded
@@ -25,6 +24,7 @@ from tests.unit_tests.wrapper_fake import (
     assert_error,
     chunk,
     client_for,
+    drop_stream,
     fresh_app,
     sse_data,
     sse_events,
@@ -295,44 +295,7 @@ async def test_a_client_gone_mid_stream_closes_the_engine_stream() -> None:
     app, fake = app_for()
     fake.stream_chunks = [chunk("a"), chunk("never")]
     fake.stream_hang_at = 1
-    body = json.dumps(STREAM).encode()
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": CHAT_URL,
-        "raw_path": CHAT_URL.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"wrapper"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"authorization", f"Bearer {KEY}".encode()),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("wrapper", 80),
-    }
-    sent: list[Message] = []
-    first_chunk = asyncio.Event()
-    requested = False
-
-    async def receive() -> Message:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await first_chunk.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-        if message["type"] == "http.response.body" and b'"a"' in message.get("body", b""):
-            first_chunk.set()
-
-    await asyncio.wait_for(app(scope, receive, send), 2)
+    sent = await asyncio.wait_for(drop_stream(app, STREAM, KEY, after=1), 2)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
     bodies = b"".join(m.get("body", b"") for m in sent[1:])
     assert b'"a"' in bodies and b"never" not in bodies and b"[DONE]" not in bodies
