@@ -1,15 +1,16 @@
 """The Modal deployment: ``modal deploy deploy/modal_app.py`` (or ``vllm-autoscale deploy``).
 
 Two tiers, one app (``vllm-autoscale``):
-- ``VLLMInference``: the GPU class. vLLM's OpenAI server runs inside it (``deploy/engine.py``,
-  the same code the local stack runs), on one A100-80GB, released after ``scaledown_window``
-  idle seconds. With several models (``VLLM_MODELS``) each has a GPU class of its own, with
-  its own GPU, window and bounds: the first model's is ``VLLMInference``, the others'
-  ``VLLMInference_<served name as letters, digits and _>`` (``GPU_CLASSES``).
+- ``VLLMInference``: the GPU class. vLLM's OpenAI server runs inside it
+  (``deploy/engine/process.py``, the same code the local stack runs), on one A100-80GB,
+  released after ``scaledown_window`` idle seconds. With several models (``VLLM_MODELS``)
+  each has a GPU class of its own, with its own GPU, window and bounds: the first model's is
+  ``VLLMInference``, the others' ``VLLMInference_<served name as letters, digits and _>``
+  (``GPU_CLASSES``).
 - ``wrapper``: always on, no GPU. The FastAPI app from ``deploy/wrapper/`` with one
   ``ModalTransport`` per model, each making function calls to its model's class.
 
-Every setting comes from ``deploy/config.py``: ``VLLM_*`` variables read at deploy time, baked
+Every setting comes from ``deploy/settings/``: ``VLLM_*`` variables read at deploy time, baked
 into both images as one JSON value (``Settings.baked_env``) that ``Settings.load()`` reads
 back in the containers. Secrets come only from the ``vllm-secrets`` Modal Secret at run time.
 
@@ -28,7 +29,7 @@ from typing import Any
 import modal
 import modal.experimental
 
-from deploy.config import MINUTES, Settings
+from deploy.settings.settings import MINUTES, Settings
 
 settings = Settings.load()
 SERVED_MODELS = settings.served_models()
@@ -59,7 +60,7 @@ SERVER_PACKAGES = [
     "pydantic-settings>=2.3",
     "fastapi>=0.115",
     "prometheus-client>=0.20",
-    "croniter>=6",  # warm schedules (deploy/warm_schedule.py): both sides read the settings
+    "croniter>=6",  # warm schedules (deploy/core/schedule.py): both sides read the settings
 ]
 
 # The GPU image is the vLLM project's own release image, not pip-installed vLLM on
@@ -96,10 +97,11 @@ gpu_image = (
     .add_local_python_source("deploy", ignore=_not_shipped)
 )
 
-# POST /tokenize counts with the served model's tokenizer and chat template inside the wrapper
-# (deploy/token_counter.py), so counting never wakes the GPU. transformers without torch (it
-# brings tokenizers and huggingface-hub) in the range vLLM 0.32 requires, so both sides render
-# chat templates alike, and jinja2, which its templates need. Only the tokenizer's files are
+# POST /tokenize counts with the served model's tokenizer and chat template inside the
+# wrapper (deploy/wrapper/tokenize/), so counting never wakes the GPU. transformers without
+# torch (it brings tokenizers and huggingface-hub) in the range vLLM 0.32 requires, so both
+# sides render chat templates alike, and jinja2, which its templates need. Only the
+# tokenizer's files are
 # fetched from the Hub, on the first count; HF_TOKEN comes from vllm-secrets (Llama is gated).
 TOKENIZER_PACKAGES = ["transformers>=5.16.1,<5.20", "jinja2>=3.1"]
 # The gateway's rate-limit counters and response cache (deploy/gateway/).
@@ -172,10 +174,11 @@ def _gpu_class(model: Settings, class_name: str) -> Any:
             # The snapshot is taken after this: a booted, warmed-up engine asleep.
             @modal.enter(snap=True)
             async def start(self) -> None:
-                from deploy.inference import InferenceServer
+                from deploy.engine.process import gpu_engine_config
+                from deploy.engine.server import InferenceServer
 
                 self.server = InferenceServer(
-                    model.gpu_engine_config(),
+                    gpu_engine_config(model),
                     on_broken=modal.experimental.stop_fetching_inputs.aio,
                 )
                 await self.server.start_for_snapshot()
@@ -188,11 +191,12 @@ def _gpu_class(model: Settings, class_name: str) -> Any:
 
             @modal.enter()
             async def start(self) -> None:
-                from deploy.inference import InferenceServer
+                from deploy.engine.process import gpu_engine_config
+                from deploy.engine.server import InferenceServer
 
                 # A dead engine stops this container taking inputs; Modal starts a fresh one.
                 self.server = InferenceServer(
-                    model.gpu_engine_config(),
+                    gpu_engine_config(model),
                     on_broken=modal.experimental.stop_fetching_inputs.aio,
                 )
                 await self.server.start()
@@ -290,7 +294,7 @@ def gpu_class(served_name: str) -> Any:
 @modal.asgi_app()
 def wrapper():
     from deploy.gateway.store import open_store
-    from deploy.transport_modal import ModalTransport
+    from deploy.transports.modal import ModalTransport
     from deploy.wrapper import create_app
 
     def stats_of(cls: Any):

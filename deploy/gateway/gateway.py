@@ -36,8 +36,8 @@ from urllib.parse import urlparse
 
 import orjson
 
-from ..config import Settings
-from ..errors import StoreUnavailable
+from ..core.errors import StoreUnavailable
+from ..settings.settings import Settings
 from .cache import CacheLookup, ResponseCache, canonical_json
 from .keys import KeyRecord, KeyRing, load_file, new_key, parse_entries
 from .ledger import Ledger, seconds_to_next_month

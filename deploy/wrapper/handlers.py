@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..errors import EngineError, error_body
+from ..core.errors import EngineError, error_body
 from ..gateway import LimitExceeded
 
 __all__ = [

@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-from deploy.config import SECRET_ENV, Settings
-from deploy.engine import free_port
-from deploy.local_model import prepare_local_model
+from deploy.engine.local_model import prepare_local_model
+from deploy.engine.process import free_port
+from deploy.settings.settings import SECRET_ENV, Settings
 from tests.container_fidelity.conftest import (
     DEPLOY_SETTINGS,
     FIRST_MODEL,

@@ -9,9 +9,9 @@ the ``stream`` chunks summed), and compares the tool calls: names, and arguments
 
 The 135M model never picks a tool on ``tool_choice="auto"``, so every case forces one:
 ``"required"`` or a named function; it also never makes a second call, so several calls in
-one stream are covered offline (``tests/unit_tests/test_tool_stream.py``).
+one stream are covered offline (``tests/unit_tests/wrapper/test_tool_stream.py``).
 
-Straight from vLLM (the wrapper without ``deploy/wrapper/tool_stream.py``) 35 of these 38
+Straight from vLLM (the wrapper without ``deploy/wrapper/serving/tool_stream.py``) 35 of these 38
 cases match: where the non-streamed answer has no call (cut by ``max_tokens``, or
 ``</tool_call>`` written inside a string), the stream still has one, with arguments that are
 not JSON; LangChain reads them leniently into a call with arguments missing. The wrapper now

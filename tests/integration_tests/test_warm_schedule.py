@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from deploy.warm_schedule import WarmSchedule
+from deploy.core.schedule import WarmSchedule
 from tests.integration_tests.conftest import API_KEY
 
 PARIS = dt.timezone(dt.timedelta(hours=1))  # November: Paris is UTC+1

@@ -14,7 +14,7 @@ from _container import import_app, raw_method, report
 module_name, class_name, report_path = sys.argv[1], sys.argv[2], sys.argv[3]
 app_module = import_app(module_name)
 
-import deploy.inference  # noqa: E402  (from the staged files)
+import deploy.engine.server  # noqa: E402  (from the staged files)
 
 built: list[dict] = []
 
@@ -27,7 +27,7 @@ class RecordingServer:
         pass
 
 
-deploy.inference.InferenceServer = RecordingServer  # type: ignore[misc]
+deploy.engine.server.InferenceServer = RecordingServer  # type: ignore[misc]
 user_cls = getattr(app_module, class_name)._get_user_cls()  # modal's lookup: by name
 asyncio.run(raw_method(user_cls, "start")(user_cls()))
 report(report_path, {

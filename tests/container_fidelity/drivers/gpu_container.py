@@ -16,16 +16,17 @@ from _container import import_app, raw_method, report
 module_name, local_model, report_path = sys.argv[1], sys.argv[2], sys.argv[3]
 app_module = import_app(module_name)
 
-from deploy.config import Settings  # noqa: E402  (from the staged files)
+import deploy.engine.process as engine_process  # noqa: E402  (from the staged files)
+from deploy.settings.settings import Settings  # noqa: E402
 
-on_gpu = Settings.gpu_engine_config
-
-
-def on_this_machine(self: Settings):  # the one swap: the model and the device
-    return dataclasses.replace(on_gpu(self), model=local_model, device="cpu")
+on_gpu = engine_process.gpu_engine_config
 
 
-Settings.gpu_engine_config = on_this_machine  # type: ignore[method-assign]
+def on_this_machine(settings: Settings):  # the one swap: the model and the device
+    return dataclasses.replace(on_gpu(settings), model=local_model, device="cpu")
+
+
+engine_process.gpu_engine_config = on_this_machine
 user_cls = app_module.VLLMInference._get_user_cls()
 BODY = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
 

@@ -18,8 +18,8 @@ from _container import import_app, raw_function, report
 module_name, port, report_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 app_module = import_app(module_name)
 
-from deploy.config import Settings  # noqa: E402  (from the staged files)
-from deploy.contract import Facts, Reply  # noqa: E402
+from deploy.core.contract import Facts, Reply  # noqa: E402
+from deploy.settings.settings import Settings  # noqa: E402  (from the staged files)
 
 CALLS = Path(report_path).with_name("calls.jsonl")
 # Served model name -> its GPU class's name, as the app names them (one model: VLLMInference).

@@ -1,0 +1,1 @@
+"""One ``Settings`` for every process, from the environment (or baked into a Modal image)."""

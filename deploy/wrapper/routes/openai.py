@@ -1,0 +1,111 @@
+"""The OpenAI-compatible API: ``/v1/chat/completions`` (plain or streamed), the batch route
+and ``/v1/models``.
+
+``/v1/chat/completions`` is the hot path. It is a plain Starlette route (``HotRoute``): no
+FastAPI dependency solving, one pydantic parse of the raw bytes, its errors through the app's
+exception handlers like any route's. ``openapi_paths`` documents it from the same request
+model it validates with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.routing import Match, Route
+from starlette.types import Scope
+
+from ..auth import Caller, require_api_key
+from ..handlers import parse_body
+from ..protocol import ErrorResponse, RequestModels
+from ..responses import AUTH_ERRORS, INFERENCE_ERRORS, json_body
+from ..serving.registry import ModelRegistry
+from ..serving.service import InferenceService, Service
+
+__all__ = ["CHAT_COMPLETIONS", "HotRoute", "hot_route", "openapi_paths", "router"]
+
+CHAT_COMPLETIONS = "/v1/chat/completions"
+
+# What ``/v1/models`` shows a key that is not an admin's: not ``root``, which for an adapter
+# is where its weights came from (a path on the server, a private Hub repository).
+_PUBLIC_CARD = frozenset(
+    {"id", "object", "created", "owned_by", "parent", "max_model_len", "capabilities", "state"}
+)
+
+
+class HotRoute(Route):
+    """A Starlette route that names itself in the scope (the metrics' route label)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is Match.FULL:
+            child["route"] = self
+        return match, child
+
+
+def hot_route(models: RequestModels) -> HotRoute:
+    """``POST /v1/chat/completions``, validated with ``models.chat_completion``."""
+    model = models.chat_completion
+
+    async def chat_completions(request: Request) -> Response:
+        await require_api_key(request)
+        req = parse_body(model, await request.body())
+        service: InferenceService = request.app.state.service
+        body = service.engine_body(req)
+        if req.stream:
+            return await service.stream(request, body)
+        return await service.completion_response(request, body)
+
+    return HotRoute(CHAT_COMPLETIONS, chat_completions, methods=["POST"])
+
+
+def openapi_paths(models: RequestModels) -> dict[str, Any]:
+    """The hot route's OpenAPI entry (FastAPI documents only its own routes)."""
+    ref = "#/components/schemas/{}"
+    errors = {
+        str(code): {"description": "Error", "content": {"application/json": {"schema": {
+            "$ref": ref.format(ErrorResponse.__name__)}}}}
+        for code in INFERENCE_ERRORS
+    }  # fmt: skip
+    operation = {
+        "summary": "Chat Completions",
+        "operationId": "chat_completions_v1_chat_completions_post",
+        **json_body(models.chat_completion),
+        "responses": {
+            "200": {
+                "description": "A chat completion, or with stream=true a text/event-stream",
+                "content": {"application/json": {"schema": {}}, "text/event-stream": {}},
+            },
+            **errors,
+        },
+    }  # fmt: skip
+    return {CHAT_COMPLETIONS: {"post": operation}}
+
+
+def router(limited: RequestModels) -> APIRouter:
+    api = APIRouter()
+
+    @api.post(
+        f"{CHAT_COMPLETIONS}/batch",
+        responses=INFERENCE_ERRORS,
+        openapi_extra=json_body(limited.batch),
+    )
+    async def chat_batch(request: Request, service: Service) -> JSONResponse:
+        await require_api_key(request)  # before the body is read: no key, no parsing
+        req = parse_body(limited.batch, await request.body())
+        result, meta = await service.batch(request, req)
+        return JSONResponse(result, headers=service.meta_headers(meta))
+
+    @api.get("/v1/models", responses=AUTH_ERRORS)
+    async def models(request: Request, caller: Caller) -> dict[str, Any]:
+        """Every model and adapter served. An admin key also sees each adapter's ``root``
+        (the path or Hub id its weights came from); other keys see what a client needs."""
+        # From configuration and the engines' last seen states: listing never wakes a GPU.
+        registry: ModelRegistry = request.app.state.models
+        cards = registry.cards()
+        if not caller.is_admin:
+            cards = [{k: v for k, v in card.items() if k in _PUBLIC_CARD} for card in cards]
+        return {"object": "list", "data": cards}
+
+    return api
