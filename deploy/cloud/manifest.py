@@ -7,6 +7,11 @@ install, the environment they set, and the files its ``add_local_*`` layers moun
 module reproduces that import and lists all of it, so that ``vllm-autoscale deploy --dry-run``
 can print it and the container-fidelity tests can stage exactly those files and nothing more.
 
+The GPU class's containers run in its pools, one per served model (``GPU_POOLS``: the class
+``with_options(...)`` and bound to the model, see ``deploy/cloud/pools.py``): the class's
+image, files and secrets with the pool's own GPU, window, bounds, concurrency and Volumes,
+read here from the pool objects themselves.
+
 It reads a few private attributes of modal's client (pinned in pyproject); a modal release
 that moves them fails the fidelity tests loudly rather than passing silently.
 """
@@ -17,7 +22,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,6 +33,7 @@ __all__ = [
     "collect",
     "import_like_modal_deploy",
     "manifests",
+    "pool_options",
 ]
 
 APP_FILE = Path(__file__).resolve().parent.parent / "modal_app.py"
@@ -51,6 +57,10 @@ class ContainerManifest:
     """The image's first build step (the base image)."""
     gpu: str | None = None
     secrets: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    """A pool's parameters (the GPU class bound to one served model)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """A pool's own options: scaledown window, container bounds, concurrency, Volumes."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,24 +124,63 @@ def _image_parts(image: Any) -> tuple[dict[str, str], list[str], dict[str, str],
 
 def app_functions(module: ModuleType) -> dict[str, Any]:
     """Every function the app in ``module`` (a loaded ``modal_app``) deploys, in the order it
-    defines them, by name: each GPU class (its service function, which runs all its methods:
-    ``VLLMInference`` and, with several models, ``VLLMInference_<model>``), ``wrapper``,
-    and ``apply_warm_schedule`` when a warm schedule is set."""
+    defines them, by name: the GPU class (its service function, which runs all its methods:
+    ``VLLMInference``), ``wrapper``, and ``apply_warm_schedule`` when a warm schedule is
+    set."""
     from modal._utils.async_utils import synchronizer
 
     app = synchronizer._translate_in(module.app)
     return {tag.removesuffix(".*"): fn for tag, fn in app._local_state.functions.items()}
 
 
+def pool_options(pool: Any) -> dict[str, Any]:
+    """What one pool (``Cls.with_options(...)...(**parameters)``, an ``Obj``) runs with, read
+    from the object: its class, parameters, and the options it sets over the class's
+    (``gpu`` None, and others None or empty, where it sets none)."""
+    from modal._utils.async_utils import synchronizer
+
+    obj = synchronizer._translate_in(pool)
+    options = obj._cls._options
+    gpu = None
+    if options.resources is not None and options.resources.gpu_config.count:
+        config = options.resources.gpu_config
+        gpu = config.gpu_type if config.count == 1 else f"{config.gpu_type}:{config.count}"
+    return {
+        "class": obj._cls._get_name(),
+        "parameters": dict(obj._kwargs),
+        "gpu": gpu,
+        "scaledown_window": options.scaledown_window,
+        "max_containers": options.max_containers,
+        "max_inputs": options.max_concurrent_inputs,
+        "target_inputs": options.target_concurrent_inputs,
+        "volumes": sorted(path for path, _ in options.validated_volumes),
+    }
+
+
+def _pools(module: ModuleType, class_name: str) -> list[dict[str, Any]]:
+    """The pools of the class ``class_name`` in ``module`` (its ``GPU_POOLS``), in order."""
+    pools = [pool_options(p) for p in getattr(module, "GPU_POOLS", {}).values()]
+    return [p for p in pools if p["class"] == class_name]
+
+
+def _pool_name(class_name: str, parameters: dict[str, Any], first: bool) -> str:
+    """The first pool (the default model's) keeps the class's name; the others are named by
+    the call that binds them: ``VLLMInference(model='Qwen/Qwen3-8B')``."""
+    if first:
+        return class_name
+    return f"{class_name}({', '.join(f'{k}={v!r}' for k, v in parameters.items())})"
+
+
 def manifests(module: ModuleType) -> dict[str, ContainerManifest]:
-    """Each Modal function of ``module`` (a loaded ``modal_app``) and what its container gets."""
+    """Each Modal function of ``module`` (a loaded ``modal_app``) and what its containers get;
+    a class with pools, once per pool (what each pool's containers get)."""
     out: dict[str, ContainerManifest] = {}
     for name, fn in app_functions(module).items():
         files, packages, env, base = _image_parts(fn._spec.image)
         for mount in fn._spec.mounts:  # the function's own module (modal's client is remote)
             if mount.is_local():
                 files.update(_mount_files(mount))
-        out[name] = ContainerManifest(
+        container = ContainerManifest(
             function=name,
             module=fn._source_info.module_name,
             files=dict(sorted(files.items())),
@@ -141,6 +190,16 @@ def manifests(module: ModuleType) -> dict[str, ContainerManifest]:
             gpu=fn._spec.gpus if isinstance(fn._spec.gpus, str) else None,
             secrets=[repr(s) for s in fn._spec.secrets],
         )
+        pools = _pools(module, name)
+        if not pools:
+            out[name] = container
+        for i, pool in enumerate(pools):
+            parameters = pool.pop("parameters")
+            gpu = pool.pop("gpu") or container.gpu
+            del pool["class"]
+            out[_pool_name(name, parameters, first=i == 0)] = replace(
+                container, gpu=gpu, parameters=parameters, options=pool
+            )
     return out
 
 

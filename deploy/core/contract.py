@@ -8,6 +8,11 @@ A ``Reply`` carries how the request was served (``Facts``) the same way for ever
 - chat: one ``Reply`` whose body is vLLM's JSON response;
 - batch: one ``Reply`` whose body is the list of results (an ``EngineError`` in a failed slot);
 - stream: a ``Reply`` per chunk; the first one carries the facts.
+
+What a transport can do beyond ``EngineTransport`` it declares by implementing an optional
+protocol, which the wrapper checks with ``isinstance`` (never by probing attributes):
+``AdapterHost`` (LoRA adapters loaded and unloaded at run time) and ``Describes`` (it holds
+the configuration its engine starts from, which describes the served model).
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from .errors import EngineError
 
 __all__ = [
+    "AdapterHost",
     "BatchResults",
+    "Describes",
+    "EngineSetup",
     "EngineState",
     "EngineStatus",
     "EngineTransport",
@@ -115,3 +123,50 @@ class EngineTransport(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# -- what a transport may declare besides ---------------------------------------------------------
+
+
+@runtime_checkable
+class AdapterHost(Protocol):
+    """A transport whose engine serves LoRA adapters on its model, and loads and unloads them
+    at run time (``POST``/``DELETE /v1/adapters``); requests name one in ``model``."""
+
+    def adapters(self) -> dict[str, str]:
+        """The adapters its engine will serve (name -> source) besides those the model's
+        settings declare; no I/O."""
+        ...
+
+    async def load_adapter(self, name: str, path: str) -> object: ...
+
+    async def unload_adapter(self, name: str) -> object: ...
+
+
+class EngineSetup(Protocol):
+    """What an engine configuration says of the model it starts (``EngineConfig``'s fields,
+    as ``ModelInfo.from_engine_config`` reads them)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def served_model_name(self) -> str: ...
+    @property
+    def revision(self) -> str | None: ...
+    @property
+    def max_model_len(self) -> int: ...
+    @property
+    def tool_call_parser(self) -> str | None: ...
+    @property
+    def reasoning_parser(self) -> str | None: ...
+    @property
+    def chat_template(self) -> str | None: ...
+
+
+@runtime_checkable
+class Describes(Protocol):
+    """A transport that holds the configuration its engine starts from (locally, the engine
+    process it supervises): the served model is described from it, never from the engine.
+    A remote one does not declare it: the settings its GPU class is built from say there."""
+
+    def engine_config(self) -> EngineSetup: ...

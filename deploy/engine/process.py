@@ -32,7 +32,15 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..core.errors import EngineError, EngineRequestError, EngineStartError, EngineUnavailable
+from ..core.errors import (
+    EngineError,
+    EngineRequestError,
+    EngineStartError,
+    EngineUnavailable,
+    UpstreamError,
+    error_from_body,
+)
+from ..core.sse import JSONStream
 from ..settings.settings import SECRET_ENV, Settings
 from .log import OutputTee, root_cause
 
@@ -358,14 +366,8 @@ class VLLMEngine:
     async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status < 400:
             return
-        text = await resp.text()
-        message, param = text, None
-        with contextlib.suppress(ValueError, AttributeError, TypeError):
-            payload = json.loads(text)
-            err = payload.get("error", payload)
-            message = err.get("message") or err.get("detail") or text
-            param = err.get("param")
-        raise await self._classify(resp.status, str(message), param)
+        error = error_from_body(resp.status, await resp.read())
+        raise await self._classify(error.status_code, error.message, error.param)
 
     async def _classify(self, status: int, message: str, param: str | None) -> EngineError:
         """Who failed. vLLM's 4xx: the request. vLLM's 5xx: the engine, if it is no longer
@@ -394,24 +396,13 @@ class VLLMEngine:
         try:
             async with self._client().post("/v1/chat/completions", json=body) as resp:
                 await self._raise_for_status(resp)
-                done = False
-                async for raw in resp.content:
-                    line = raw.strip()
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
-                        break
-                    chunk = orjson.loads(data)
-                    if "error" in chunk and "choices" not in chunk:
-                        err = chunk["error"]
-                        code = err.get("code") if isinstance(err, dict) else None
-                        message = str(err.get("message", err) if isinstance(err, dict) else err)
-                        status = code if isinstance(code, int) else 400
-                        raise await self._classify(status, message, None)
-                    yield chunk
-                if not done:
+                try:
+                    async with JSONStream(resp.content.iter_any()) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
+                except UpstreamError as error:  # vLLM's error event, judged like its answers
+                    raise await self._classify(error.status_code, error.message, None) from None
+                if not chunks.done:
                     raise EngineUnavailable(
                         "the engine closed the stream before it finished", retry_after=5
                     )

@@ -24,6 +24,11 @@ from ..transports.local import LocalTransport
 from ..wrapper import create_app
 from ..wrapper.http_server import server_config
 
+try:  # uvloop, as uvicorn itself would pick: the wrapper's hop is its hot path
+    import uvloop
+except ImportError:  # not installed on Windows
+    uvloop = None  # type: ignore[assignment]
+
 __all__ = ["LocalStack"]
 
 T = TypeVar("T")
@@ -99,9 +104,7 @@ class LocalStack:
         """Serve the wrapper; with ``warm=True`` also wait until the engine is ready."""
 
         def serve() -> None:
-            try:  # uvloop, as uvicorn itself would pick: the wrapper's hop is its hot path
-                import uvloop
-            except ImportError:
+            if uvloop is None:
                 asyncio.run(self._serve())
             else:
                 uvloop.run(self._serve())

@@ -18,7 +18,6 @@ Batches always go to the engine; fallback answers are never cached.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -29,7 +28,14 @@ import httpx
 import orjson
 
 from ..core.contract import BatchResults, EngineState, EngineStatus, EngineTransport, Facts, Reply
-from ..core.errors import EngineError, EngineRequestError, EngineUnavailable
+from ..core.errors import (
+    EngineError,
+    EngineRequestError,
+    EngineUnavailable,
+    UpstreamError,
+    error_from_body,
+)
+from ..core.sse import JSONStream
 
 __all__ = ["ColdRouter", "FallbackTransport"]
 
@@ -100,10 +106,7 @@ class FallbackTransport:
         valid here, and the engine serves it once warm. The text is logged, redacted."""
         if resp.status_code < 400:
             return
-        text = (await resp.aread()).decode(errors="replace")
-        message = text
-        with contextlib.suppress(ValueError, AttributeError, TypeError):
-            message = str((orjson.loads(text).get("error") or {}).get("message") or text)
+        message = error_from_body(resp.status_code, await resp.aread()).message
         log.warning("the cold fallback answered %d: %s", resp.status_code,
                     self.redact(message[:500]))  # fmt: skip
         raise EngineUnavailable(
@@ -139,22 +142,20 @@ class FallbackTransport:
             async with self._client().stream("POST", url, json=self._body(body, True)) as resp:
                 await self._check(resp)
                 first = True
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    chunk = orjson.loads(data)
-                    if "error" in chunk and "choices" not in chunk:
-                        log.warning("the cold fallback failed mid-stream: %s",
-                                    self.redact(str(chunk["error"])[:500]))  # fmt: skip
-                        raise EngineUnavailable(
-                            "the cold fallback failed during the stream: send the request "
-                            "again", retry_after=_RETRY_S,
-                        )  # fmt: skip
-                    yield Reply(chunk, self._facts() if first else None)
-                    first = False
+                try:
+                    async with JSONStream(resp.aiter_bytes()) as chunks:
+                        async for chunk in chunks:
+                            yield Reply(chunk, self._facts() if first else None)
+                            first = False
+                except UpstreamError as error:  # its error event: logged redacted, not passed on
+                    log.warning("the cold fallback failed mid-stream: %s",
+                                self.redact(error.message[:500]))  # fmt: skip
+                    raise EngineUnavailable(
+                        "the cold fallback failed during the stream: send the request again",
+                        retry_after=_RETRY_S,
+                    ) from None
+                if chunks.done:
+                    return
             raise EngineUnavailable("the cold fallback closed the stream before it finished",
                                     retry_after=_RETRY_S)  # fmt: skip
         except EngineError:

@@ -261,7 +261,11 @@ class LocalTransport:
         await self.engine.aclose()
         await asyncio.to_thread(self.engine.stop)
 
-    # -- LoRA adapters -------------------------------------------------------------------------
+    def engine_config(self) -> EngineConfig:
+        """The configuration the engine starts from (``Describes``): the served model's truth."""
+        return self.engine.config
+
+    # -- LoRA adapters (``AdapterHost``) ---------------------------------------------------------
 
     def adapters(self) -> dict[str, str]:
         """The LoRA adapters this model serves (name -> path): those it was configured with and

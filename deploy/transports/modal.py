@@ -115,6 +115,13 @@ class ModalTransport:
         self._settle(reply.facts, sent_at)
         return reply
 
+    # -- LoRA adapters (``AdapterHost``) ---------------------------------------------------------
+
+    def adapters(self) -> dict[str, str]:
+        """None besides the settings' (every container loads those at start): a run-time load
+        reaches one container, which this side does not track."""
+        return {}
+
     async def load_adapter(self, name: str, path: str) -> dict[str, Any]:
         """Load a LoRA adapter on one GPU container of the class (booting one if none is up):
         ``path`` is a Hub repo id (downloaded there) or a path on a mounted Volume. Only that

@@ -34,7 +34,7 @@ from .routes import service as routes_service
 from .routes import tokenize as routes_tokenize
 from .routes.gateway import NewKey
 from .serving.registry import ModelRegistry
-from .serving.service import InferenceService
+from .serving.service import Serving
 
 __all__ = ["create_app"]
 
@@ -95,13 +95,12 @@ def create_app(
     )  # fmt: skip
     metrics = Metrics()
     gateway.on_store_error = metrics.count_store_error
-    app.state.settings = settings
-    app.state.transport = registry.default.transport
+    # What the routes, the handlers and the tests read (nothing else lives here).
+    app.state.transport = registry.default.transport  # the default model's (benchmarks)
     app.state.models = registry
     app.state.metrics = metrics
     app.state.gateway = gateway
-    app.state.service = InferenceService(registry, settings, metrics, gateway, cold)
-    app.state.model_info = registry.default.info
+    app.state.service = Serving(registry, settings, metrics, gateway, cold)
 
     handlers.install(app)
     hot = routes_openai.hot_route(models)

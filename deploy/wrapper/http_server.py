@@ -259,6 +259,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     head. ``_head_fields``: the URL, header names and values as the parser delivers them
     (``on_url``, ``on_header``), for a head that begins inside a read the parser was handed
     whole (pipelined behind a request, or behind a body). Either one going over answers 431.
+
+    Private API, on purpose: uvicorn has no public hook for any of this (its only knobs are
+    ``timeout_keep_alive``, ``limit_concurrency`` and ``h11_max_incomplete_event_size``; a
+    custom ``http=`` protocol class is the documented extension, what it inherits is not).
+    This subclass overrides the parser callbacks, ``data_received``, ``send_400_response`` and
+    ``on_response_complete``, and reads ``cycle`` (``response_started``,
+    ``response_complete``, ``disconnected``, ``message_event``, ``waiting_for_100_continue``),
+    ``flow`` (``read_paused``, ``pause_reading``), ``pipeline``, ``connections``,
+    ``server_state.default_headers`` and the module's ``STATUS_LINE``. So uvicorn is pinned
+    below its next minor in ``deploy/pyproject.toml`` (tested on 0.55), and
+    ``tests/unit_tests/wrapper/test_uvicorn_contract.py`` fails, naming the attribute, when a
+    release moves one of them.
     """
 
     def __init__(

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...core.contract import AdapterHost
 from ..auth import Admin
 from ..handlers import InvalidRequest, parse_body
 from ..responses import ADMIN_ERRORS, errors
@@ -69,11 +70,10 @@ async def load_adapter(request: Request, _: Admin) -> dict[str, Any]:
     if served.name != (new.base or served.name):  # an adapter is not a base
         raise InvalidRequest(f"{new.base!r} is an adapter, not a model", "base",
                              HTTPStatus.BAD_REQUEST)  # fmt: skip
-    load = getattr(served.transport, "load_adapter", None)
-    if load is None:
+    if not isinstance(served.transport, AdapterHost):
         raise InvalidRequest(f"model {served.name!r} cannot load adapters here", "base",
                              HTTPStatus.BAD_REQUEST)  # fmt: skip
-    await load(new.name, new.path)
+    await served.transport.load_adapter(new.name, new.path)
     _forget_cached(request, new.name)
     registry.add_adapter(new.name, served.name, new.path)
     return {"id": new.name, "object": "model", "parent": served.name, "root": new.path}
@@ -86,7 +86,10 @@ async def unload_adapter(request: Request, name: str, _: Admin) -> Response:
     if name not in registry.adapters:
         raise InvalidRequest(f"no adapter named {name!r}", "name", HTTPStatus.NOT_FOUND)
     served = registry.models[registry.adapters[name][0]]
-    await served.transport.unload_adapter(name)  # type: ignore[attr-defined]
+    if not isinstance(served.transport, AdapterHost):  # declared in settings, fixed there
+        raise InvalidRequest(f"model {served.name!r} cannot unload adapters here", "name",
+                             HTTPStatus.BAD_REQUEST)  # fmt: skip
+    await served.transport.unload_adapter(name)
     registry.remove_adapter(name)
     _forget_cached(request, name)
     return Response(status_code=HTTPStatus.NO_CONTENT)

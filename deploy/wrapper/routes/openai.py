@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.routing import Match, Route
@@ -20,10 +21,22 @@ from ..auth import Caller, require_api_key
 from ..handlers import parse_body
 from ..protocol import ErrorResponse, RequestModels
 from ..responses import AUTH_ERRORS, INFERENCE_ERRORS, json_body
+from ..serving.completion import Completion
+from ..serving.meta import meta_headers
 from ..serving.registry import ModelRegistry
-from ..serving.service import InferenceService, Service
+from ..serving.service import Service, Serving
+from ..serving.streaming import PumpedStream, sse_stream
+from ..serving.streams import Replay, StreamRun
 
-__all__ = ["CHAT_COMPLETIONS", "HotRoute", "hot_route", "openapi_paths", "router"]
+__all__ = [
+    "CHAT_COMPLETIONS",
+    "HotRoute",
+    "completion_response",
+    "hot_route",
+    "openapi_paths",
+    "router",
+    "stream_response",
+]
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 
@@ -51,13 +64,28 @@ def hot_route(models: RequestModels) -> HotRoute:
     async def chat_completions(request: Request) -> Response:
         await require_api_key(request)
         req = parse_body(model, await request.body())
-        service: InferenceService = request.app.state.service
+        service: Serving = request.app.state.service
         body = service.engine_body(req)
         if req.stream:
-            return await service.stream(request, body)
-        return await service.completion_response(request, body)
+            return stream_response(await service.stream(request, body))
+        return completion_response(await service.complete(request, body))
 
     return HotRoute(CHAT_COMPLETIONS, chat_completions, methods=["POST"])
+
+
+def completion_response(done: Completion) -> Response:
+    """A chat completion with its call's meta, in its body and its headers."""
+    body, meta = done
+    body["vllm_autoscale"] = meta
+    return Response(orjson.dumps(body), media_type="application/json", headers=meta_headers(meta))
+
+
+def stream_response(stream: StreamRun | Replay) -> Response:
+    """A stream as SSE: its pump stopped and its books kept however it ends."""
+    if isinstance(stream, Replay):
+        return sse_stream(stream.events, stream.headers)
+    return PumpedStream(stream.events, stream.pump, media_type="text/event-stream",
+                        headers=stream.headers, on_close=stream.closed)  # fmt: skip
 
 
 def openapi_paths(models: RequestModels) -> dict[str, Any]:
@@ -95,7 +123,7 @@ def router(limited: RequestModels) -> APIRouter:
         await require_api_key(request)  # before the body is read: no key, no parsing
         req = parse_body(limited.batch, await request.body())
         result, meta = await service.batch(request, req)
-        return JSONResponse(result, headers=service.meta_headers(meta))
+        return JSONResponse(result, headers=meta_headers(meta))
 
     @api.get("/v1/models", responses=AUTH_ERRORS)
     async def models(request: Request, caller: Caller) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from ..auth import require_api_key
 from ..handlers import parse_body
 from ..protocol import RequestModels
 from ..responses import INFERENCE_ERRORS, json_body
+from ..serving.meta import meta_headers
 from ..serving.service import Service
 
 __all__ = ["router"]
@@ -71,7 +72,7 @@ def router(models: RequestModels) -> APIRouter:
                 "id": result.get("id"),
                 "metadata": meta,
             },
-            headers=service.meta_headers(meta),
+            headers=meta_headers(meta),
         )
 
     return api

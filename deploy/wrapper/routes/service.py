@@ -23,7 +23,7 @@ from fastapi.responses import PlainTextResponse, Response
 from ...gateway import Gateway, KeyRecord
 from ..auth import Caller, require_admin, require_api_key
 from ..responses import AUTH_ERRORS, errors
-from ..serving.service import InferenceService, Service
+from ..serving.service import Service, Serving
 
 __all__ = ["router"]
 
@@ -54,7 +54,7 @@ def _public(status: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def _status(service: InferenceService) -> dict[str, Any]:
+async def _status(service: Serving) -> dict[str, Any]:
     st = await service.transport.status()
     service.metrics.queue_depth.set(st.queue_depth)
     service.metrics.cold_starts.set(st.cold_starts)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any
 
-from ...core.contract import EngineTransport
+from ...core.contract import AdapterHost, Describes, EngineTransport
 from ...core.model_info import ModelInfo
 from ...settings.settings import MODEL_PRESETS, Settings
 from ..handlers import InvalidRequest
@@ -56,9 +56,8 @@ class ModelRegistry:
         """Adapter name -> (base model, source)."""
         for served in self.models.values():
             declared = dict(served.settings.adapters)
-            known = getattr(served.transport, "adapters", None)  # what the engine will serve
-            if callable(known):
-                declared |= known()
+            if isinstance(served.transport, AdapterHost):  # what the engine will serve
+                declared |= served.transport.adapters()
             for adapter, source in declared.items():
                 self.adapters[adapter] = (served.name, source)
 
@@ -104,20 +103,20 @@ class ModelRegistry:
         return cards
 
 
-def describe_served_model(transport: object, settings: Settings) -> ModelInfo:
+def describe_served_model(transport: EngineTransport, settings: Settings) -> ModelInfo:
     """The model ``transport`` serves, read from configuration only.
 
-    A transport that supervises its engine itself (``LocalTransport``) holds the engine's
-    ``EngineConfig`` as ``transport.engine.config``: that is the truth locally (SmolLM2 on
-    CPU, whatever ``VLLM_MODEL`` says). A remote one (``ModalTransport``) does not: the GPU
-    class runs ``gpu_engine_config(settings)``, so the settings are the truth there.
+    A transport that supervises its engine itself (``LocalTransport``) ``Describes`` it: its
+    ``engine_config()`` is the truth locally (SmolLM2 on CPU, whatever ``VLLM_MODEL`` says).
+    A remote one (``ModalTransport``) does not: the GPU class runs
+    ``gpu_engine_config(settings)``, so the settings are the truth there.
     """
-    config = getattr(getattr(transport, "engine", None), "config", None)
-    if config is not None and hasattr(config, "served_model_name"):
+    if isinstance(transport, Describes):
+        config = transport.engine_config()
         preset = MODEL_PRESETS.get(config.served_model_name)
         info = ModelInfo.from_engine_config(config, preset.image_inputs if preset else False)
     else:
         info = settings.model_info()
-    name = getattr(transport, "model_name", None) or info.name
+    name = transport.model_name or info.name
     limit = min(settings.max_tokens_limit, info.max_model_len)
     return replace(info, name=name, max_output_tokens=limit)

@@ -12,9 +12,10 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import orjson
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from ...core import sse as codec
 
 __all__ = [
     "DONE",
@@ -28,12 +29,14 @@ __all__ = [
 ]
 
 HEARTBEAT, END = object(), object()
-DONE = b"data: [DONE]\n\n"
-KEEP_ALIVE = b": keep-alive\n\n"
+# The wire format is the one codec's (deploy/core/sse.py); these names are the wrapper's.
+DONE = codec.DONE
+KEEP_ALIVE = codec.KEEP_ALIVE
 
 
 def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+    """One ``data:`` event carrying ``payload``."""
+    return codec.encode(payload)
 
 
 def sse_stream(events: list[dict[str, Any]], headers: dict[str, str]) -> StreamingResponse:
@@ -41,8 +44,8 @@ def sse_stream(events: list[dict[str, Any]], headers: dict[str, str]) -> Streami
 
     async def body() -> AsyncIterator[bytes]:
         for event in events:
-            yield sse(event)
-        yield DONE
+            yield codec.encode(event)
+        yield codec.DONE
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 

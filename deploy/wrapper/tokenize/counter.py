@@ -1,17 +1,13 @@
 """Token counts in the wrapper: the served model's tokenizer and chat template, no GPU.
 
 ``POST /tokenize`` answers what vLLM's own ``/tokenize`` would, computed in the wrapper so
-that counting never wakes the engine. The prompt is built the way vLLM 0.32 builds it for a
-chat completion (``vllm/renderers/chat_utils.py`` and ``hf.py``):
-
-- each message's content is flattened to the template's content format: one string with the
-  text parts joined by newlines, or, for a template that loops over ``message.content``, a list
-  of text parts;
-- assistant tool-call ``arguments`` are parsed from JSON strings into objects;
-- tools are rendered as vLLM dumps its ``ChatCompletionToolsParam`` (``description`` and
-  ``parameters`` kept even when null, ``strict`` only when set), since ``tojson`` shows it all;
-- ``apply_chat_template`` with the engine's ``--chat-template`` (or the tokenizer's own),
-  rendered to text, then encoded without special tokens (a chat template adds its own).
+that counting never wakes the engine. ``TokenCounter`` loads the model's tokenizer (once, on
+first use) and counts; the prompt it counts is built the way vLLM 0.32 builds it for a chat
+completion, by the port of vLLM's chat renderer in ``vllm_0_32_renderer.py`` (content
+flattened to the template's content format, tool-call arguments as objects, tools as vLLM
+dumps them, developer turns as system turns for a template without that role), then
+``apply_chat_template`` with the engine's ``--chat-template`` (or the tokenizer's own),
+rendered to text, then encoded without special tokens (a chat template adds its own).
 
 The live tests hold the counts to vLLM's ``usage.prompt_tokens`` for the same messages.
 
@@ -27,45 +23,62 @@ import json
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from ...core.errors import ServiceError
 from ...core.model_info import ModelInfo
+from .vllm_0_32_renderer import (
+    HARMONY_MODEL_TYPES,
+    ContentFormat,
+    RenderError,
+    detect_content_format,
+    developer_as_system,
+    supports_developer_role,
+    vllm_conversation,
+    vllm_tools,
+)
 
-__all__ = ["TokenCountError", "TokenCounter"]
+# The renderer's functions are importable from here too (where they lived before the split).
+__all__ = [
+    "TokenCountError",
+    "TokenCounter",
+    "detect_content_format",
+    "vllm_conversation",
+    "vllm_tools",
+]
 
 log = logging.getLogger("vllm_autoscale.wrapper")
 
-ContentFormat = Literal["string", "openai"]
 RETRY_LOAD_AFTER_S = 60.0
 """A tokenizer that failed to load is tried again after this long, not on every request."""
-HARMONY_MODEL_TYPES = frozenset({"gpt_oss"})
-"""Models whose prompts vLLM renders with OpenAI's Harmony encoder, not a chat template
-(vLLM decides on ``model_type == "gpt_oss"``): the wrapper cannot reproduce those counts."""
-
-# vLLM's text content parts and the key that holds each one's text.
-_TEXT_PARTS = {
-    "text": "text",
-    "input_text": "text",
-    "output_text": "text",
-    "refusal": "refusal",
-    "thinking": "thinking",
-}
 
 
-class TokenCountError(Exception):
+class TokenCountError(ServiceError):
     """A count that cannot be made: the request's fault (4xx, ``param`` names the field) or
-    the wrapper's (501: no tokenizer here)."""
+    the wrapper's (501: no tokenizer here). ``status`` is the base's ``status_code``."""
+
+    status_code = HTTPStatus.BAD_REQUEST
+    error_type = "invalid_request_error"
 
     def __init__(
         self, message: str, *, status: int = HTTPStatus.BAD_REQUEST, param: str | None = None
     ) -> None:
-        super().__init__(message)
-        self.message, self.status, self.param = message, int(status), param
+        status = int(status)
+        not_implemented = status == HTTPStatus.NOT_IMPLEMENTED
+        super().__init__(
+            message,
+            status_code=status,
+            error_type="not_implemented_error" if not_implemented else None,
+            param=param,
+        )
+
+    @property
+    def status(self) -> int:
+        return self.status_code
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,9 @@ class TokenCounter:
                 status=HTTPStatus.NOT_IMPLEMENTED,
             )
         try:
+            # Not PLC0415 (import outside top level) by mistake: transformers is loaded on
+            # first use, in a worker thread (a plain `noqa: PLC0415` fails RUF100 while the
+            # project does not select PLC0415).
             from transformers import AutoTokenizer
         except ImportError:
             raise TokenCountError(
@@ -213,7 +229,10 @@ class TokenCounter:
                 param="chat_template_kwargs",
             )
         loaded = self._get()
-        tool_dicts = vllm_tools(tools) if tools is not None else None
+        try:
+            tool_dicts = vllm_tools(tools) if tools is not None else None
+        except RenderError as exc:
+            raise TokenCountError(exc.message, param=exc.param) from exc
         with self._use_lock:
             tokenizer = loaded.tokenizer
             try:  # the engine's template, or the tokenizer's (its "tool_use" one with tools)
@@ -223,11 +242,13 @@ class TokenCounter:
                     f"{self.info.name} has no chat template to count with: {exc}",
                     status=HTTPStatus.NOT_IMPLEMENTED,
                 ) from exc
-            conversation = vllm_conversation(messages, self._content_format(template))
-            if any(m["role"] == "developer" for m in conversation) and not (
-                '"developer"' in template or "'developer'" in template
-            ):
-                conversation = _developer_as_system(conversation)
+            try:
+                conversation = vllm_conversation(messages, self._content_format(template))
+            except RenderError as exc:
+                raise TokenCountError(exc.message, param=exc.param) from exc
+            developer = any(m["role"] == "developer" for m in conversation)
+            if developer and not supports_developer_role(template):
+                conversation = developer_as_system(conversation)
             kwargs = {
                 **template_kwargs,
                 "add_generation_prompt": add_generation_prompt,
@@ -277,159 +298,6 @@ def _model_type(source: str, revision: str | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-# -- vLLM's request preprocessing, for text models ---------------------------------------------
-
-
-def vllm_tools(tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``tools`` as vLLM hands them to the chat template: ``ChatCompletionToolsParam``
-    dumped, with its fields in order and ``strict``/``defer_loading`` only when set."""
-    out: list[dict[str, Any]] = []
-    for i, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if (
-            not isinstance(function, dict)
-            or not isinstance(function.get("name"), str)
-            or tool.get("type", "function") != "function"
-        ):
-            raise TokenCountError(
-                f"tools[{i}] is not an OpenAI function tool "
-                '({"type": "function", "function": {"name": ..., "parameters": ...}})',
-                param=f"tools.{i}",
-            )
-        dumped: dict[str, Any] = {
-            "name": function["name"],
-            "description": function.get("description"),
-            "parameters": function.get("parameters"),
-        }
-        if function.get("strict") is not None:
-            dumped["strict"] = function["strict"]
-        defer = tool.get("defer_loading")
-        function_defer = function.get("defer_loading")
-        if function_defer is None:
-            function_defer = defer  # vLLM copies the tool's flag into its function
-        if function_defer is not None:
-            dumped["defer_loading"] = function_defer
-        entry: dict[str, Any] = {"type": "function", "function": dumped}
-        if defer is not None:
-            entry["defer_loading"] = defer
-        out.append(entry)
-    return out
-
-
-def vllm_conversation(
-    messages: Sequence[dict[str, Any]], content_format: ContentFormat
-) -> list[dict[str, Any]]:
-    """The messages as vLLM passes them to the chat template (text content only)."""
-    conversation: list[dict[str, Any]] = []
-    for i, message in enumerate(messages):
-        role = message["role"]
-        texts = _texts(message.get("content"), i)
-        turn: dict[str, Any] = {
-            "role": role,
-            "content": (
-                [{"type": "text", "text": t} for t in texts]
-                if content_format == "openai"
-                else "\n".join(texts)
-            ),
-        }
-        if role == "assistant":
-            calls = message.get("tool_calls")
-            if calls is not None:
-                parsed = _tool_calls(calls, i)
-                if parsed:  # vLLM drops an empty list: the template takes the plain path
-                    turn["tool_calls"] = parsed
-            reasoning = message.get("reasoning")
-            if reasoning is not None:
-                turn["reasoning"] = turn["reasoning_content"] = reasoning
-        elif role == "tool":
-            if "tool_call_id" in message:
-                turn["tool_call_id"] = message["tool_call_id"]
-            turn["content"] = "\n".join(texts)  # tool results are plain text for templates
-        if isinstance(message.get("name"), str):
-            turn["name"] = message["name"]
-        if role == "developer":
-            turn["tools"] = message.get("tools")
-        conversation.append(turn)
-    return conversation
-
-
-def _texts(content: Any, index: int) -> list[str]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [content]
-    texts: list[str] = []
-    for part in content:
-        if isinstance(part, str):
-            texts.append(part)
-            continue
-        kind = part.get("type") if isinstance(part, dict) else None
-        key = _TEXT_PARTS.get(kind)  # type: ignore[arg-type]
-        if key is None:
-            raise TokenCountError(
-                f"only text can be counted here: messages[{index}] has a {kind!r} part",
-                param=f"messages.{index}.content",
-            )
-        text = part.get(key)
-        if text is not None:  # vLLM skips a text part without text
-            texts.append(text)
-    return texts
-
-
-def _tool_calls(calls: Any, index: int) -> list[dict[str, Any]]:
-    """Assistant tool calls with their ``arguments`` as objects (what templates expect);
-    arguments that are not a JSON object become ``{}``, as vLLM makes them."""
-    if not isinstance(calls, list):
-        raise TokenCountError(
-            f"messages[{index}].tool_calls must be a list", param=f"messages.{index}.tool_calls"
-        )
-    out: list[dict[str, Any]] = []
-    for call in calls:
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or call.get("type", "function") != "function":
-            raise TokenCountError(
-                "chat completions only support assistant tool_calls of type 'function'.",
-                param=f"messages.{index}.tool_calls",
-            )
-        arguments = function.get("arguments")
-        if isinstance(arguments, str) and arguments:
-            try:
-                arguments = json.loads(arguments)
-            except ValueError:
-                arguments = {}
-        if not isinstance(arguments, dict):
-            arguments = {}
-        out.append({**call, "function": {**function, "arguments": arguments}})
-    return out
-
-
-def _developer_as_system(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """vLLM's fallback for a template without the developer role: developer turns become
-    system turns, and all system turns merge into one, first."""
-    turns = [
-        {k: v for k, v in m.items() if k != "tools"} | {"role": "system"}
-        if m["role"] == "developer"
-        else m
-        for m in conversation
-    ]
-    systems = [i for i, m in enumerate(turns) if m["role"] == "system"]
-    if not systems or systems == [0]:
-        return turns
-    contents: list[str] = []
-    for i in systems:
-        content = turns[i].get("content", "")
-        if isinstance(content, list):
-            content = "\n".join(
-                p["text"] if isinstance(p, dict) else p
-                for p in content
-                if isinstance(p, str) or (isinstance(p, dict) and "text" in p)
-            )
-        if content:
-            contents.append(content)
-    rest = [m for m in turns if m["role"] != "system"]
-    return [{"role": "system", "content": "\n\n".join(contents)}, *rest]
-
-
 def _template_reason(exc: BaseException) -> str:
     """The most specific reason in an error chain: a Jinja error's own message if any."""
     import jinja2
@@ -442,109 +310,3 @@ def _template_reason(exc: BaseException) -> str:
             return str(current)
         current = current.__cause__ or current.__context__
     return str(exc)
-
-
-# -- the template's content format: vLLM's detection (vllm/renderers/hf.py) ---------------------
-
-
-def detect_content_format(template: str) -> ContentFormat:
-    """ "openai" when the template loops over a message's content (so each message's content
-    must be a list of parts), else "string"; vLLM decides the same way, from the template's
-    syntax tree. A template that does not parse is treated as "string", as vLLM does."""
-    try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template
-
-        tree = _compile_jinja_template(template).environment.parse(template)
-    except Exception:
-        return "string"
-    try:
-        next(_content_loops(tree))
-    except StopIteration:
-        return "string"
-    except Exception:
-        return "string"
-    return "openai"
-
-
-def _is_var(node: Any, name: str) -> bool:
-    import jinja2.nodes as n
-
-    return isinstance(node, n.Name) and node.ctx == "load" and node.name == name
-
-
-def _is_attr(node: Any, name: str, key: str) -> bool:
-    import jinja2.nodes as n
-
-    if isinstance(node, n.Getitem):
-        return _is_var(node.node, name) and isinstance(node.arg, n.Const) and node.arg.value == key
-    if isinstance(node, n.Getattr):
-        return _is_var(node.node, name) and node.attr == key
-    return False
-
-
-def _is_var_or_elems(node: Any, name: str, key: str | None = None) -> bool:
-    import jinja2.nodes as n
-
-    if isinstance(node, n.Filter):
-        return node.node is not None and _is_var_or_elems(node.node, name, key)
-    if isinstance(node, n.Test):
-        return _is_var_or_elems(node.node, name, key)
-    if isinstance(node, n.Getitem) and isinstance(node.arg, n.Slice):
-        return _is_var_or_elems(node.node, name, key)
-    return _is_attr(node, name, key) if key else _is_var(node, name)
-
-
-def _aliases(root: Any, name: str) -> list[str]:
-    """``name`` and every variable assigned from it (``{% set msgs = messages[1:] %}``)."""
-    import jinja2.nodes as n
-
-    found, queue = [name], deque([name])
-    while queue:
-        current = queue.popleft()
-        for assign in root.find_all(n.Assign):
-            if _is_var_or_elems(assign.node, current) and isinstance(assign.target, n.Name):
-                found.append(assign.target.name)
-                if assign.target.name != current:
-                    queue.append(assign.target.name)
-    return found
-
-
-def _content_loops(root: Any) -> Iterator[Any]:
-    """Loops over a message's content, directly or through a macro's parameter."""
-    import jinja2.nodes as n
-
-    messages = _aliases(root, "messages")
-    message_vars = [
-        loop.target.name
-        for loop in root.find_all(n.For)
-        if isinstance(loop.target, n.Name) and any(_is_var_or_elems(loop.iter, v) for v in messages)
-    ]
-
-    def is_content(node: Any) -> bool:
-        return any(_is_var_or_elems(node, v, "content") for v in message_vars)
-
-    # Macros called with a message's content: the loops inside over that parameter count.
-    params_by_loop: dict[int, set[str]] = {}
-    in_macros: set[int] = set()
-    for macro in root.find_all(n.Macro):
-        names = [arg.name for arg in macro.args]
-        params: set[str] = set()
-        for call in root.find_all(n.Call):
-            if isinstance(call.node, n.Name) and call.node.name == macro.name:
-                args = call.args[: len(names)]
-                params.update(names[i] for i, arg in enumerate(args) if is_content(arg))
-                params.update(
-                    kw.key for kw in call.kwargs if kw.key in names and is_content(kw.value)
-                )
-        for loop in macro.find_all(n.For):
-            in_macros.add(id(loop))
-            if params:
-                params_by_loop[id(loop)] = params
-
-    for loop in root.find_all(n.For):
-        over_param = isinstance(loop.iter, n.Name) and (
-            loop.iter.name in params_by_loop.get(id(loop), ())
-            or (id(loop) not in in_macros and loop.iter.name == "content")
-        )
-        if over_param or is_content(loop.iter):
-            yield loop

@@ -1,5 +1,6 @@
 """The Modal deployment, offline: no account, no network. The options asserted here are what
-``modal deploy`` sends (read from the objects the decorators built)."""
+``modal deploy`` sends (read from the objects the decorators built), and what each model's pool
+binds on its first call (read from the pool objects, ``Cls.with_options(...)(model=...)``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import inspect
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jinja2
@@ -15,6 +17,8 @@ import pytest
 from modal._utils.async_utils import synchronizer
 from pydantic import ValidationError
 
+from deploy.cloud.manifest import pool_options
+from deploy.cloud.pools import check_class_wide
 from deploy.engine.process import gpu_engine_config
 from deploy.settings.settings import Settings
 
@@ -260,10 +264,12 @@ def test_a_warm_schedule_sets_the_gpu_class_min_containers_every_few_minutes(mon
         async def aio(self, *, min_containers: int) -> None:
             calls.append(min_containers)
 
-    class GpuClassStandIn:  # the Modal call boundary: VLLMInference().update_autoscaler
+    class GpuPoolStandIn:  # the Modal call boundary: the model's pool's update_autoscaler
         update_autoscaler = Autoscaler()
 
-    monkeypatch.setattr(app, "VLLMInference", GpuClassStandIn)
+    pool = app.GPU_POOLS[app.settings.name]
+    assert hasattr(type(synchronizer._translate_in(pool)), "update_autoscaler")  # a Cls instance
+    monkeypatch.setitem(app.GPU_POOLS, app.settings.name, GpuPoolStandIn())
     paris = dt.timezone(dt.timedelta(hours=1))
     run = synchronizer._translate_in(app.apply_warm_schedule)._raw_f
     for when in (dt.datetime(2026, 11, 25, 12, 0, tzinfo=paris),  # inside
@@ -284,8 +290,19 @@ TWO_MODELS = json.dumps([
 ])  # fmt: skip
 
 
-def _started_engine_config(app: Any, cls: Any, monkeypatch) -> Any:
-    """The engine configuration a container of ``cls`` starts its InferenceServer with."""
+def _container_instance(app: Any, pool: Any) -> Any:
+    """The class instance a container of ``pool`` runs its methods on, built as Modal's
+    container entrypoint builds it (modal._runtime.user_code_imports): the class found by
+    name in the module, its parameters the pool's, set before any enter method runs."""
+    from modal._runtime.user_code_imports import get_user_class_instance
+
+    cls = synchronizer._translate_in(getattr(app, pool_options(pool)["class"]))
+    return get_user_class_instance(cls, (), pool_options(pool)["parameters"])
+
+
+def _started_engine_config(app: Any, served_name: str, monkeypatch) -> Any:
+    """The engine configuration a container of ``served_name``'s pool starts its
+    InferenceServer with."""
     import asyncio
 
     import deploy.engine.server
@@ -300,43 +317,48 @@ def _started_engine_config(app: Any, cls: Any, monkeypatch) -> Any:
             pass
 
     monkeypatch.setattr(deploy.engine.server, "InferenceServer", Server)
-    user_cls = cls._get_user_cls()
-    asyncio.run(user_cls.__dict__["start"]._get_raw_f()(user_cls()))
+    user_cls = app.VLLMInference._get_user_cls()
+    instance = _container_instance(app, app.GPU_POOLS[served_name])
+    asyncio.run(user_cls.__dict__["start"]._get_raw_f()(instance))
+    asyncio.run(user_cls.__dict__["wake"]._get_raw_f()(instance))  # no snapshot: nothing to wake
     return seen[0]
 
 
-def test_each_model_gets_a_gpu_class_of_its_own(monkeypatch) -> None:
+def test_each_model_gets_a_gpu_pool_of_its_own(monkeypatch) -> None:
     app = load_app(monkeypatch, VLLM_MODELS=TWO_MODELS)
-    assert list(app.GPU_CLASSES) == [LLAMA, QWEN]
-    assert app.GPU_CLASS_NAMES == {LLAMA: "VLLMInference", QWEN: "VLLMInference_Qwen_Qwen3_8B"}
-    assert app.GPU_CLASSES[LLAMA] is app.VLLMInference  # the default keeps the seed's name
-    assert app.GPU_CLASSES[QWEN] is app.VLLMInference_Qwen_Qwen3_8B  # found by name in a container
-    llama, qwen = (deploy_options(app.GPU_CLASSES[n]) for n in (LLAMA, QWEN))
-    assert llama["tag"] == "VLLMInference.*" and qwen["tag"] == "VLLMInference_Qwen_Qwen3_8B.*"
+    assert list(app.GPU_POOLS) == [LLAMA, QWEN]
+    llama, qwen = (pool_options(app.GPU_POOLS[n]) for n in (LLAMA, QWEN))
+    # One class; each model's pool is it bound to the model (a Modal function of its own).
+    assert llama["class"] == qwen["class"] == "VLLMInference"
+    assert llama["parameters"] == {"model": LLAMA} and qwen["parameters"] == {"model": QWEN}
     own = ("gpu", "scaledown_window", "max_containers")
     assert [llama[k] for k in own] == ["A100-80GB", 120, 1]
     assert [qwen[k] for k in own] == ["H100", 300, 2]
-    assert llama["max_concurrent_inputs"] == 64 and qwen["max_concurrent_inputs"] == 32
-    target = app.VLLMInference_Qwen_Qwen3_8B._get_class_service_function()
-    assert target.info().concurrency_info.target_inputs == 24
-    for opts in (llama, qwen):
-        assert opts["min_containers"] == 0 and opts["startup_timeout"] >= 15 * 60
-        assert [repr(s) for s in opts["secrets"]] == ["modal.Secret.from_name('vllm-secrets')"]
-        assert opts["image"] is llama["image"]  # one GPU image: the model is chosen at start
-    assert set(dict(llama["validated_volumes_no_cloud_buckets"])) == {
-        "/root/.cache/huggingface", "/root/.cache/vllm"}  # fmt: skip
-    # The adapters' model mounts the models Volume and can load and unload adapters.
-    assert set(dict(qwen["validated_volumes_no_cloud_buckets"])) == {
-        "/root/.cache/huggingface", "/root/.cache/vllm", "/models"}  # fmt: skip
-    assert set(llama["method_definitions"]) == {"chat", "stream", "batch", "status"}
-    assert set(qwen["method_definitions"]) == {
+    assert (llama["max_inputs"], llama["target_inputs"]) == (64, 48)
+    assert (qwen["max_inputs"], qwen["target_inputs"]) == (32, 24)
+    assert llama["volumes"] == ["/root/.cache/huggingface", "/root/.cache/vllm"]
+    # The adapters' model mounts the models Volume.
+    assert qwen["volumes"] == ["/models", "/root/.cache/huggingface", "/root/.cache/vllm"]
+    # What no pool sets is the class's, the same for every model: one GPU image (the model
+    # is chosen at start, by the parameter), the Secret, the bounds Modal keeps on the class.
+    opts = deploy_options(app.VLLMInference)
+    assert opts["tag"] == "VLLMInference.*"
+    assert opts["min_containers"] == 0 and opts["startup_timeout"] >= 15 * 60
+    assert [repr(s) for s in opts["secrets"]] == ["modal.Secret.from_name('vllm-secrets')"]
+    assert opts["image"] is synchronizer._translate_in(app.gpu_image)
+    # The class's own options are the default model's.
+    assert [opts[k] for k in own] == ["A100-80GB", 120, 1]
+    assert opts["max_concurrent_inputs"] == 64
+    # A model serves adapters: the class can load and unload them (the pools of models
+    # without LoRA never call them: test_the_wrapper_routes_each_model_to_its_own_pool).
+    assert set(opts["method_definitions"]) == {
         "chat", "stream", "batch", "status", "load_adapter", "unload_adapter"}  # fmt: skip
 
 
-def test_each_gpu_class_starts_the_engine_of_its_own_model(monkeypatch) -> None:
+def test_each_gpu_pool_starts_the_engine_of_its_own_model(monkeypatch) -> None:
     app = load_app(monkeypatch, VLLM_MODELS=TWO_MODELS)
-    llama = _started_engine_config(app, app.VLLMInference, monkeypatch)
-    qwen = _started_engine_config(app, app.VLLMInference_Qwen_Qwen3_8B, monkeypatch)
+    llama = _started_engine_config(app, LLAMA, monkeypatch)
+    qwen = _started_engine_config(app, QWEN, monkeypatch)
     assert (llama.model, llama.served_model_name, llama.tool_call_parser) == (
         LLAMA, LLAMA, "llama3_json")  # fmt: skip
     assert llama.lora_modules == {} and not llama.enable_lora
@@ -348,16 +370,25 @@ def test_each_gpu_class_starts_the_engine_of_its_own_model(monkeypatch) -> None:
 
 def test_one_model_deploys_as_before(monkeypatch) -> None:
     app = load_app(monkeypatch)
-    names = app.GPU_CLASS_NAMES
-    assert names == {app.settings.name: "VLLMInference"}
-    assert list(app.GPU_CLASSES.values()) == [app.VLLMInference]
-    config = _started_engine_config(app, app.VLLMInference, monkeypatch)
+    assert list(app.GPU_POOLS) == [app.settings.name]
+    pool = pool_options(app.GPU_POOLS[app.settings.name])
+    assert pool["class"] == "VLLMInference" and pool["parameters"] == {"model": app.settings.name}
+    # Its pool runs with the class's own options: the seed's class, bound to its one model.
+    opts = deploy_options(app.VLLMInference)
+    assert (pool["gpu"], pool["scaledown_window"], pool["max_containers"]) == (
+        opts["gpu"], opts["scaledown_window"], opts["max_containers"])  # fmt: skip
+    assert pool["max_inputs"] == opts["max_concurrent_inputs"]
+    assert pool["volumes"] == sorted(dict(opts["validated_volumes_no_cloud_buckets"]))
+    config = _started_engine_config(app, app.settings.name, monkeypatch)
     assert config == gpu_engine_config(app.settings)
 
 
-def test_the_wrapper_routes_each_model_to_its_own_class(monkeypatch) -> None:
+def test_the_wrapper_routes_each_model_to_its_own_pool(monkeypatch) -> None:
+    import asyncio
+
     import deploy.gateway.store
     import deploy.wrapper
+    from deploy.core.errors import EngineRequestError
 
     app = load_app(monkeypatch, VLLM_MODELS=TWO_MODELS)
     built: dict[str, Any] = {}
@@ -371,12 +402,20 @@ def test_the_wrapper_routes_each_model_to_its_own_class(monkeypatch) -> None:
     assert synchronizer._translate_in(app.wrapper)._raw_f() == "asgi"
     assert list(built) == [LLAMA, QWEN]  # the first: the default
     llama, qwen = built[LLAMA], built[QWEN]
-    assert llama._cls is app.VLLMInference and qwen._cls is app.VLLMInference_Qwen_Qwen3_8B
+    assert llama._cls.pool is app.GPU_POOLS[LLAMA] and qwen._cls.pool is app.GPU_POOLS[QWEN]
     assert (llama.model_name, llama.scaledown_window, llama.max_containers) == (LLAMA, 120, 1)
     assert (qwen.model_name, qwen.scaledown_window, qwen.max_containers) == (QWEN, 300, 2)
+    # Qwen serves adapters: its transport reaches every method of its pool.
+    assert qwen._cls() is app.GPU_POOLS[QWEN]
+    assert qwen._adapter_method("load_adapter") is not None
+    # Llama has none: its transport sees no adapter method and answers 400 without a call.
+    assert getattr(llama._cls(), "load_adapter", None) is None
+    assert getattr(llama._cls(), "chat", None) is not None
+    with pytest.raises(EngineRequestError, match="without LoRA adapters"):
+        asyncio.run(llama.load_adapter("sql", "acme/qwen3-sql-lora"))
 
 
-def test_a_warm_schedule_warms_every_models_class(monkeypatch) -> None:
+def test_a_warm_schedule_warms_every_models_pool(monkeypatch) -> None:
     import asyncio
     import datetime as dt
 
@@ -384,31 +423,95 @@ def test_a_warm_schedule_warms_every_models_class(monkeypatch) -> None:
                    VLLM_WARM_SCHEDULE="0 9 * * mon-fri 9h Europe/Paris")  # fmt: skip
     calls: list[tuple[str, int]] = []
 
-    def stand_in(name: str) -> Any:
+    def stand_in(pool: Any) -> Any:  # plays the pool, as bound to its model
+        model = pool_options(pool)["parameters"]["model"]
+
         class Autoscaler:
             async def aio(self, *, min_containers: int) -> None:
-                calls.append((name, min_containers))
+                calls.append((model, min_containers))
 
-        return type(name, (), {"update_autoscaler": Autoscaler()})
+        return SimpleNamespace(update_autoscaler=Autoscaler())
 
-    for name in app.GPU_CLASS_NAMES.values():
-        monkeypatch.setattr(app, name, stand_in(name))
+    for name, pool in list(app.GPU_POOLS.items()):
+        monkeypatch.setitem(app.GPU_POOLS, name, stand_in(pool))
     noon = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
     monkeypatch.setattr("time.time", noon.timestamp)
     assert asyncio.run(synchronizer._translate_in(app.apply_warm_schedule)._raw_f()) == 1
-    assert calls == [("VLLMInference", 1), ("VLLMInference_Qwen_Qwen3_8B", 1)]
+    assert calls == [(LLAMA, 1), (QWEN, 1)]
 
 
-def test_gpu_class_names_are_identifiers_told_apart(monkeypatch) -> None:
+def test_every_served_name_binds_a_pool_of_its_own(monkeypatch) -> None:
+    """A pool is found by its parameter, the served name as it is: names that differ only in
+    punctuation, and long ones, bind pools apart, and each passes modal's own parameter
+    checks and serialization (what ``FunctionBindParams`` is sent)."""
+    from modal._serialization import (
+        apply_defaults,
+        deserialize_proto_params,
+        serialize_proto_params,
+        validate_parameter_values,
+    )
+
     app = load_app(monkeypatch)
-    models = [Settings(served_name=n) for n in ("base", "org/m-1", "org.m.1", "x" * 100, "y")]
-    names = app.gpu_class_names(models)
-    assert names == app.gpu_class_names(models)  # deterministic
-    assert names["base"] == "VLLMInference" and names["y"] == "VLLMInference_y"
-    assert len(set(names.values())) == len(models)  # org/m-1 and org.m.1 share a slug
-    assert names["org/m-1"].startswith("VLLMInference_org_m_1_")
-    for name in names.values():
-        assert name.isidentifier() and len(name) <= 64
+    names = ("base", "org/m-1", "org.m.1", "org_m_1", "x" * 128, "y")
+    pools = [pool_options(app.gpu_pool(Settings(served_name=n))) for n in names]
+    assert [p["parameters"] for p in pools] == [{"model": n} for n in names]
+    assert pool_options(app.gpu_pool(Settings(served_name="y"))) == pools[-1]  # deterministic
+    service = synchronizer._translate_in(app.VLLMInference._get_class_service_function())
+    info = service._source_info.class_parameter_info()
+    assert [(p.name, p.has_default) for p in info.schema] == [("model", False)]
+    for name in names:
+        params = apply_defaults({"model": name}, info.schema)
+        validate_parameter_values(params, info.schema)
+        assert deserialize_proto_params(serialize_proto_params(params)) == {"model": name}
+
+
+def test_models_that_differ_on_a_class_wide_setting_are_refused() -> None:
+    """Modal sets snapshots, min_containers and the startup timeout on the class only: every
+    served model must agree on them."""
+    check_class_wide([Settings(served_name="a"), Settings(served_name="b")])
+    for field, value in (("gpu_snapshot", True), ("mode", "integrated"), ("startup_timeout", 60)):
+        with pytest.raises(ValueError, match=f"same {field}"):
+            other = Settings(served_name="b", **{field: value})
+            check_class_wide([Settings(served_name="a"), other])
+
+
+def test_gpu_snapshot_starts_the_pools_model_before_the_snapshot(monkeypatch) -> None:
+    """With snapshots, ``start`` (the pool's own model, its engine put to sleep) runs before the
+    snapshot and ``wake`` after each restore; without, both run after it and ``wake`` does
+    nothing."""
+    import asyncio
+
+    from modal._partial_function import _PartialFunctionFlags
+
+    import deploy.engine.server
+
+    steps: list[tuple[str, str]] = []
+
+    class Server:
+        def __init__(self, config: Any, **_: Any) -> None:
+            self.model = config.served_model_name
+
+        async def start_for_snapshot(self) -> None:
+            steps.append(("start_for_snapshot", self.model))
+
+        async def wake_from_snapshot(self) -> None:
+            steps.append(("wake_from_snapshot", self.model))
+
+        async def start(self) -> None:
+            steps.append(("start", self.model))
+
+    monkeypatch.setattr(deploy.engine.server, "InferenceServer", Server)
+    for snapshot, pre in (("true", _PartialFunctionFlags.ENTER_PRE_SNAPSHOT),
+                          ("false", _PartialFunctionFlags.ENTER_POST_SNAPSHOT)):  # fmt: skip
+        app = load_app(monkeypatch, VLLM_MODELS=TWO_MODELS, VLLM_GPU_SNAPSHOT=snapshot)
+        user_cls = app.VLLMInference._get_user_cls()
+        enter = {k: synchronizer._translate_in(user_cls.__dict__[k]) for k in ("start", "wake")}
+        flags = {k: method.flags for k, method in enter.items()}
+        assert flags == {"start": pre, "wake": _PartialFunctionFlags.ENTER_POST_SNAPSHOT}
+        instance = _container_instance(app, app.GPU_POOLS[QWEN])
+        for step in ("start", "wake"):  # Modal's order: the class's, as written
+            asyncio.run(user_cls.__dict__[step]._get_raw_f()(instance))
+    assert steps == [("start_for_snapshot", QWEN), ("wake_from_snapshot", QWEN), ("start", QWEN)]
 
 
 class _AdapterMethod:

@@ -8,6 +8,7 @@ import pytest
 from modal.exception import AuthError, NotFoundError
 
 from deploy.ops import cli
+from deploy.ops.cli import deploy as deploy_command
 
 
 class SecretLookup:
@@ -28,7 +29,7 @@ class SecretLookup:
 @pytest.fixture
 def deploys(monkeypatch) -> list[list[str]]:
     calls: list[list[str]] = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    monkeypatch.setattr(deploy_command.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
     return calls
 
 
@@ -46,7 +47,7 @@ def test_dry_run_lists_each_containers_files_and_parsers(capsys, deploys) -> Non
 
 def test_model_without_preset_warns_which_parser_to_set(monkeypatch, capsys, deploys) -> None:
     monkeypatch.setenv("VLLM_MODEL", "Qwen/Qwen2.5-7B-Instruct")
-    monkeypatch.setattr(cli, "_print_manifests", lambda settings: None)
+    monkeypatch.setattr(deploy_command, "_print_manifests", lambda settings: None)
     assert cli.main(["deploy", "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert "tool parser none (tool calling off)" in captured.out

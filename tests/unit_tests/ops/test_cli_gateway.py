@@ -12,6 +12,7 @@ import pytest
 
 from deploy.gateway.keys import hash_key, load_file
 from deploy.ops import cli
+from deploy.ops.cli import remote
 
 URL = "http://wrapper.test"
 ADMIN = "vak-admin-secret"
@@ -60,7 +61,7 @@ def wrapper(monkeypatch) -> Callable[[Callable[[httpx.Request], httpx.Response]]
             return handler(request)
 
         transport = httpx.MockTransport(record)
-        monkeypatch.setattr(cli, "_http_client", lambda: httpx.Client(transport=transport))
+        monkeypatch.setattr(remote, "_http_client", lambda: httpx.Client(transport=transport))
         return seen
 
     return install

@@ -97,7 +97,7 @@ def test_model_info_comes_from_the_local_engine_config_when_there_is_one() -> No
         model="/models/smol", served_model_name="smol", max_model_len=2048,
         tool_call_parser="hermes", chat_template="/t.jinja",
     )  # fmt: skip
-    local = type("Local", (), {"model_name": "smol", "engine": type("E", (), {"config": config})})
+    local = type("Local", (), {"model_name": "smol", "engine_config": lambda self: config})
     info = describe_served_model(local(), make_settings(max_tokens_limit=512))
     assert info == ModelInfo(
         name="smol", max_model_len=2048, tool_parser="hermes", max_output_tokens=512,

@@ -41,6 +41,9 @@ class LoraFake(FakeTransport):
         super().__init__(model_name)
         self.loaded: dict[str, str] = {}
 
+    def adapters(self) -> dict[str, str]:
+        return dict(self.loaded)
+
     async def load_adapter(self, name: str, path: str) -> None:
         self.loaded[name] = path
 
