@@ -15,6 +15,7 @@ import ast
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,26 +24,63 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 HEAVY = ("aiohttp", "vllm", "torch", "transformers")
 
 
-def _imported(*modules: str) -> set[str]:
+def _spawn(modules: tuple[str, ...]) -> subprocess.Popen[str]:
     code = f"import sys, json; import {', '.join(modules)}; print(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return set(json.loads(out.stdout))
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+_STARTED: dict[tuple[str, ...], subprocess.Popen[str]] = {}
+"""Interpreters started ahead by ``_import_all_at_once``, by the modules they import."""
+_LOADED: dict[tuple[str, ...], set[str]] = {}
+
+
+def _imported(*modules: str) -> set[str]:
+    """What importing ``modules`` loads, in a fresh interpreter (one per set of modules)."""
+    if modules not in _LOADED:
+        process = _STARTED.pop(modules, None) or _spawn(modules)
+        out, err = process.communicate()
+        if process.returncode:
+            raise subprocess.CalledProcessError(process.returncode, process.args, out, err)
+        _LOADED[modules] = set(json.loads(out))
+    return _LOADED[modules]
 
 
 def _ours(loaded: set[str], *prefixes: str) -> set[str]:
     return {m for m in loaded if m.startswith(prefixes)}
 
 
+CORE = tuple(sorted(f"deploy.core.{p.stem}" for p in (DEPLOY / "core").glob("[!_]*.py")))
+WRAPPER_SIDE = ("deploy.wrapper", "deploy.transports.modal", "deploy.transports.fallback",
+                "deploy.settings")  # fmt: skip
+IN_CONTAINERS = ["deploy.wrapper", "deploy.engine.server", "deploy.transports.local",
+                 "deploy.transports.modal"]  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _import_all_at_once() -> Iterator[None]:
+    # Each check imports in a fresh interpreter of its own (two checks of the same modules
+    # share one); started together, they share the machine's cores instead of running one
+    # after the other.
+    for modules in {CORE, WRAPPER_SIDE, *((entry,) for entry in IN_CONTAINERS)}:
+        _STARTED[modules] = _spawn(modules)
+    yield
+    for process in _STARTED.values():  # a test left out (-k): nothing keeps running
+        process.kill()
+        process.communicate()
+    _STARTED.clear()
+    _LOADED.clear()
+
+
 def test_core_imports_nothing_of_the_project_outside_core() -> None:
-    core = sorted(f"deploy.core.{p.stem}" for p in (DEPLOY / "core").glob("[!_]*.py"))
-    loaded = _imported(*core)
+    loaded = _imported(*CORE)
     outside = {m for m in _ours(loaded, "deploy.") if not m.startswith("deploy.core")}
     assert not outside, sorted(outside)
 
 
 def test_the_wrapper_never_imports_the_engine_cloud_or_ops() -> None:
-    loaded = _imported("deploy.wrapper", "deploy.transports.modal", "deploy.transports.fallback",
-                       "deploy.settings")  # fmt: skip
+    loaded = _imported(*WRAPPER_SIDE)
     assert "deploy.wrapper.app" in loaded  # the check sees the wrapper's own modules
     banned = _ours(loaded, "deploy.engine", "deploy.cloud", "deploy.ops", "deploy.transports.local")
     heavy = {m for m in loaded if m.split(".")[0] in HEAVY}
@@ -54,10 +92,6 @@ def test_the_gpu_side_never_imports_the_wrapper() -> None:
     banned = _ours(loaded, "deploy.wrapper", "deploy.gateway", "deploy.transports.modal",
                    "deploy.ops", "deploy.cloud")  # fmt: skip
     assert not banned, sorted(banned)
-
-
-IN_CONTAINERS = ["deploy.wrapper", "deploy.engine.server", "deploy.transports.local",
-                 "deploy.transports.modal"]  # fmt: skip
 
 
 @pytest.mark.parametrize("entry", IN_CONTAINERS)

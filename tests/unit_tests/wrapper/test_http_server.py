@@ -398,20 +398,22 @@ async def test_early_answer_then_slow_body_is_closed_without_a_second_response()
 
 
 async def test_long_streaming_response_and_long_wait_are_not_cut() -> None:
+    t = T / 3  # every deadline here; the wait and the stream outlast them several times over
+
     async def slow_stream(scope: Any, receive: Any, send: Any) -> None:
         await receive()
-        await asyncio.sleep(3 * T)  # waits for a cold engine
+        await asyncio.sleep(3 * t)  # waits for a cold engine
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for _ in range(6):
             await send({"type": "http.response.body", "body": b"tok", "more_body": True})
-            await asyncio.sleep(T)
+            await asyncio.sleep(t)
         await send({"type": "http.response.body", "body": b""})
 
-    conn = Conn(slow_stream, limits())
+    conn = Conn(slow_stream, limits(header_timeout=t, keepalive_timeout=t, body_timeout=t))
     conn.send(post_head(2) + b"{}")
     started = time.monotonic()
     await conn.wait_written(b"0\r\n\r\n", limit=20 * T)
-    assert time.monotonic() - started > 8 * T
+    assert time.monotonic() - started > 8 * t
     assert not conn.closed
     assert conn.transport.written.count(b"tok") == 6
 
@@ -434,7 +436,10 @@ async def test_a_body_stuck_behind_a_running_response_is_not_cut() -> None:
 # -- the connection cap -----------------------------------------------------------------------
 
 
-async def test_connections_over_the_cap_get_a_json_503_and_are_closed() -> None:
+async def test_connections_over_the_cap_get_a_json_503_and_are_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_server, "REJECT_GRACE", 3 * T)  # 1 s in production
     server = Server(ok_app, limits(header_timeout=5, keepalive_timeout=5, max_connections=2))
     held = [server.connect(), server.connect()]
     over = server.connect()
