@@ -3,7 +3,7 @@
     python -m benchmarks.advisor [--out benchmarks/results] [--preset modal-a100-80gb]
 
 A month of office-hours traffic (40 requests/h, weekdays 09:00-18:00 UTC, seed 0) replayed
-under every window of ``deploy.advisor.DEFAULT_WINDOWS``, the matching warm schedule with
+under every window of ``deploy.ops.advisor.DEFAULT_WINDOWS``, the matching warm schedule with
 each of them, and always on (the same sweep as ``vllm-autoscale cost --profile
 office-hours``). Reports the monthly cost and the share of requests that wait for a boot
 at the recommended setting (5% budget), at the best window without a schedule, at the
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.run import save
-from deploy import advisor
-from deploy.cost import inputs_from_preset
+from deploy.ops import advisor
+from deploy.ops.cost import inputs_from_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 40.0

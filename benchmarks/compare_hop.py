@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.run import ENGINE_PATH_ENV, ROOT, _wait, bench_hop, save
-from deploy.engine import free_port
+from deploy.engine.process import free_port
 
 ROUNDS = 5
 

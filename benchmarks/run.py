@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from deploy.engine import free_port
+from deploy.engine.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     env_note = "serve --local (engine warm, never scaled down)"
     print(f"starting: {env_note}, stub upstream, wrapper over the stub", flush=True)
     with (
-        _process("-m", "deploy.cli", "serve", "--local", "--port", str(wrapper_port), "--warm",
+        _process("-m", "deploy.ops.cli", "serve", "--local", "--port", str(wrapper_port), "--warm",
                  "--scaledown-window", "0", "--log-level", "WARNING",
                  "--engine-log", str(Path(args.out) / "engine.log")) as serving,
         _process("-m", "benchmarks.stub_upstream", "--port", str(stub_port)),

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from deploy.engine import EngineConfig, VLLMEngine
+from deploy.engine.process import EngineConfig, VLLMEngine
 
 REPLY = {
     "id": "chatcmpl-stub",
@@ -72,8 +72,8 @@ class AttachedEngine(VLLMEngine):
 def stub_wrapper_app(upstream_port: int, models: int = 1) -> Any:
     """A wrapper over the stub; with ``models`` > 1, that many served models ("stub", then
     "stub-2", ...), each its own transport to the stub (routing's cost)."""
-    from deploy.config import Settings
-    from deploy.transport_local import LocalTransport
+    from deploy.settings.settings import Settings
+    from deploy.transports.local import LocalTransport
     from deploy.wrapper import create_app
 
     transports = {}

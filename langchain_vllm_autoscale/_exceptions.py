@@ -41,6 +41,7 @@ __all__ = [
     "RateLimitError",
     "ServiceUnavailableError",
     "VLLMAutoscaleError",
+    "error_from_event",
     "error_from_response",
 ]
 
@@ -132,6 +133,19 @@ def error_from_response(
     else:
         cls = BadRequestError
     return cls(message, status_code=status_code, body=body, request_id=request_id)
+
+
+def error_from_event(body: Any) -> VLLMAutoscaleError:
+    """An error event of a stream (its data: parsed JSON, or text) as the matching exception.
+    Its status is the error's numeric ``code`` (the wrapper's and vLLM's), else 400 for an
+    OpenAI-style named code, else 503."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
+        status = int(code)
+    else:
+        status = 400 if code else 503
+    return error_from_response(status, body)
 
 
 def _message_of(body: Any) -> str:

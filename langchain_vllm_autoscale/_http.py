@@ -1,7 +1,8 @@
 """HTTP to the wrapper: one sync client per model instance, one async client per event loop,
 retries with backoff that honour ``Retry-After`` (cold starts answer 503), redirects followed
-(Modal answers requests longer than 150 s with a 303), and SSE parsing that skips comments
-(the wrapper's keep-alives while the GPU wakes)."""
+(Modal answers requests longer than 150 s with a 303), and SSE decoding (``_SSEDecoder``),
+one path for the sync and async streams: comments (the wrapper's keep-alives while the GPU
+wakes) are skipped, and an error event, mid-stream, raises the error its body names."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from langchain_vllm_autoscale._exceptions import (
     APIConnectionError,
     APITimeoutError,
     VLLMAutoscaleError,
+    error_from_event,
     error_from_response,
 )
 
@@ -91,29 +93,108 @@ def _retryable(exc: httpx.HTTPError) -> bool:
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError))
 
 
-def _sse_data(line: str) -> dict[str, Any] | bool | None:
-    """One SSE line: a dict for a data event, True at ``[DONE]``, None for anything else."""
-    if not line.startswith("data:"):
-        return None  # blank separators, comments (": keep-alive"), event names
-    data = line[5:].strip()
-    if data == "[DONE]":
+class _SSEDecoder:
+    """Server-sent events as the specification reads them, from byte chunks cut anywhere:
+    lines end with LF, CRLF or CR (only those: httpx's ``iter_lines`` also splits on U+2028,
+    U+0085 and the like, which a JSON string carries raw), a blank line ends an event,
+    ``data`` lines join with LF, ``:`` lines are comments. ``feed`` and ``close`` (at the end
+    of the stream, which also ends an event left open) give ``(event type, data)`` pairs."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._cr = False  # the last chunk ended with CR: an LF that starts the next is its pair
+        self._data: list[bytes] = []
+        self._event = ""
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        if self._cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._cr = False
+        if not chunk:
+            return []
+        self._cr = chunk.endswith(b"\r")
+        lines = (self._buffer + chunk).splitlines(keepends=True)
+        self._buffer = b"" if lines[-1].endswith((b"\n", b"\r")) else lines.pop()
+        out: list[tuple[str, str]] = []
+        for line in lines:
+            self._line(line.rstrip(b"\r\n"), out)
+        return out
+
+    def close(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if self._buffer:
+            self._line(self._buffer, out)
+            self._buffer = b""
+        self._line(b"", out)
+        return out
+
+    def _line(self, line: bytes, out: list[tuple[str, str]]) -> None:
+        if not line:  # the end of an event
+            if self._data:
+                data = b"\n".join(self._data).decode(errors="replace")
+                out.append((self._event or "message", data))
+            self._data, self._event = [], ""
+            return
+        if line.startswith(b":"):
+            return  # a comment: the wrapper's ": keep-alive"
+        name, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode(errors="replace")
+        # id, retry and unknown fields: nothing this client uses
+
+
+def _sse_payload(event: str, data: str) -> Any:
+    """One event's meaning: its JSON payload, True at ``[DONE]``; an error event (``event:
+    error``, or a payload with an ``"error"`` and no choices) raises its error."""
+    if data.strip() == "[DONE]":
         return True
     try:
         payload = json.loads(data)
     except ValueError:  # not JSON: a proxy's page, a cut line
+        if event == "error":
+            raise error_from_event(data) from None
         raise error_from_response(502, f"the stream sent a malformed event: {data[:200]}") from None
-    if isinstance(payload, dict) and "error" in payload and not payload.get("choices"):
-        raise error_from_response(_event_status(payload["error"]), payload)
+    if event == "error" or (
+        isinstance(payload, dict) and "error" in payload and not payload.get("choices")
+    ):
+        raise error_from_event(payload)
     return payload
 
 
-def _event_status(error: Any) -> int:
-    """The HTTP status an error event stands for: its numeric ``code`` (the wrapper's and
-    vLLM's), else 400 for an OpenAI-style named code, else 503."""
-    code = error.get("code") if isinstance(error, dict) else None
-    if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
-        return int(code)
-    return 400 if code else 503
+class _SSEStream:
+    """The payloads of a chat completion stream, fed its byte chunks: ``feed`` yields each
+    payload until ``[DONE]`` (then ``done``), ``close`` those of an event the stream ended in."""
+
+    def __init__(self) -> None:
+        self._decoder = _SSEDecoder()
+        self.done = False
+
+    def feed(self, chunk: bytes) -> Iterator[Any]:
+        return self._payloads(self._decoder.feed(chunk))
+
+    def close(self) -> Iterator[Any]:
+        return self._payloads(self._decoder.close())
+
+    def _payloads(self, events: list[tuple[str, str]]) -> Iterator[Any]:
+        for event, data in events:
+            if self.done:
+                return
+            payload = _sse_payload(event, data)
+            if payload is True:
+                self.done = True
+                return
+            yield payload
+
+
+def _sse_data(line: str) -> dict[str, Any] | bool | None:
+    """One SSE line read as a whole event: a dict for a data event, True at ``[DONE]``, None
+    for anything else (blank separators, comments, other fields)."""
+    events = _SSEDecoder().feed(line.encode() + b"\n\n")
+    return _sse_payload(*events[0]) if events else None
 
 
 async def _close_with_loop(client: httpx.AsyncClient) -> AsyncIterator[None]:
@@ -277,13 +358,14 @@ class ServiceClient:
                             time.sleep(_backoff(attempt, response))
                             continue
                         raise _error(response, content)
-                    for line in response.iter_lines():
-                        event = _sse_data(line)
-                        if event is True:
-                            return
-                        if event is not None:
+                    events = _SSEStream()
+                    for chunk in response.iter_bytes():
+                        for payload in events.feed(chunk):
                             yielded = True
-                            yield event  # type: ignore[misc]
+                            yield payload
+                        if events.done:
+                            return
+                    yield from events.close()
                     return
             except httpx.HTTPError as exc:
                 # Once output was handed out, sending again would repeat it: fail instead.
@@ -304,13 +386,15 @@ class ServiceClient:
                             await asyncio.sleep(_backoff(attempt, response))
                             continue
                         raise _error(response, content)
-                    async for line in response.aiter_lines():
-                        event = _sse_data(line)
-                        if event is True:
-                            return
-                        if event is not None:
+                    events = _SSEStream()
+                    async for chunk in response.aiter_bytes():
+                        for payload in events.feed(chunk):
                             yielded = True
-                            yield event  # type: ignore[misc]
+                            yield payload
+                        if events.done:
+                            return
+                    for payload in events.close():
+                        yield payload
                     return
             except httpx.HTTPError as exc:
                 # Once output was handed out, sending again would repeat it: fail instead.

@@ -31,7 +31,7 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from langchain_vllm_autoscale._exceptions import VLLMAutoscaleError
+from langchain_vllm_autoscale._exceptions import VLLMAutoscaleError, error_from_response
 from langchain_vllm_autoscale._http import ServiceClient
 from langchain_vllm_autoscale._messages import (
     PROVIDER,
@@ -40,7 +40,7 @@ from langchain_vllm_autoscale._messages import (
     dumps_body,
     to_openai_messages,
 )
-from langchain_vllm_autoscale.warmup import start_warmup
+from langchain_vllm_autoscale._warmup_core import start_warmup
 
 __all__ = ["ChatVLLMAutoscale"]
 
@@ -379,8 +379,6 @@ class ChatVLLMAutoscale(BaseChatModel):
             if "response" in result:
                 item = result["response"]
             else:
-                from langchain_vllm_autoscale._exceptions import error_from_response
-
                 item = error_from_response(int(result.get("status_code") or 500), result)
             table.setdefault(dumps_body(body), []).append(item)
         return table

@@ -25,11 +25,8 @@ agent does not send one per run. ``/warmup`` is idempotent and cheap, so nothing
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -38,75 +35,19 @@ from langchain_core.utils import from_env, secret_from_env
 
 from langchain_vllm_autoscale._http import ServiceClient
 
-if TYPE_CHECKING:
-    from langchain_vllm_autoscale.chat_models import ChatVLLMAutoscale
+# The machinery the model shares with the handler; _LIMIT, WARMUP_PATH and log are not used
+# here but stay reachable as ``warmup.<name>``, where they were defined before.
+from langchain_vllm_autoscale._warmup_core import (  # noqa: F401
+    _LIMIT,
+    WARMUP_INTERVAL_S,
+    WARMUP_PATH,
+    WARMUP_TIMEOUT_S,
+    log,
+    start_warmup,
+)
+from langchain_vllm_autoscale.chat_models import DEFAULT_URL, ChatVLLMAutoscale
 
 __all__ = ["WARMUP_INTERVAL_S", "WarmupCallbackHandler", "start_warmup"]
-
-WARMUP_PATH = "/warmup"
-WARMUP_INTERVAL_S = 10.0
-"""At most one ``POST /warmup`` per this many seconds per service URL (per process)."""
-WARMUP_TIMEOUT_S = 30.0
-"""Time-out of the warm-up request; ``/warmup`` answers at once, the engine boots behind it."""
-
-log = logging.getLogger(__name__)
-
-
-class _RateLimit:
-    """When each URL last got a warm-up; ``allow`` claims the slot if the interval passed."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str, interval: float) -> bool:
-        with self._lock:
-            now = self.clock()
-            last = self._last.get(key)
-            if last is not None and now - last < interval:
-                return False
-            self._last[key] = now
-            return True
-
-    def clear(self) -> None:
-        with self._lock:
-            self._last.clear()
-
-
-_LIMIT = _RateLimit()
-
-
-def _post(client: ServiceClient, timeout: float) -> None:
-    try:
-        answer = client.request_quick("POST", WARMUP_PATH, timeout=timeout)
-    except Exception as exc:  # a warm-up is a hint: it never fails anyone
-        log.warning("warm-up of %s failed: %s", client.base_url, exc)
-    else:
-        log.debug("warm-up of %s sent: %s", client.base_url, answer)
-
-
-def start_warmup(
-    client: ServiceClient, *, interval: float | None = None, timeout: float = WARMUP_TIMEOUT_S
-) -> threading.Thread | None:
-    """Send ``POST /warmup`` from a daemon thread; return at once, never raise.
-
-    Returns the thread, or None when the rate limit skipped it (a warm-up went to the same
-    URL less than ``interval`` seconds ago; default ``WARMUP_INTERVAL_S``).
-    """
-    try:
-        gap = WARMUP_INTERVAL_S if interval is None else interval
-        if not _LIMIT.allow(client.base_url, gap):
-            log.debug("warm-up of %s skipped: one was sent in the last %g s", client.base_url, gap)
-            return None
-        thread = threading.Thread(
-            target=_post, args=(client, timeout), name="vllm-autoscale-warmup", daemon=True
-        )
-        thread.start()
-        return thread
-    except Exception as exc:  # e.g. no new thread at interpreter shutdown
-        log.warning("warm-up of %s not started: %s", client.base_url, exc)
-        return None
 
 
 class WarmupCallbackHandler(BaseCallbackHandler):
@@ -157,8 +98,6 @@ class WarmupCallbackHandler(BaseCallbackHandler):
         headers: dict[str, str] | None = None,
         http_transport: httpx.BaseTransport | None = None,
     ) -> None:
-        from langchain_vllm_autoscale.chat_models import DEFAULT_URL
-
         url = base_url or from_env("VLLM_AUTOSCALE_URL", default=DEFAULT_URL)()
         if api_key is None:
             secret = secret_from_env("VLLM_AUTOSCALE_API_KEY", default=None)()
@@ -187,8 +126,6 @@ class WarmupCallbackHandler(BaseCallbackHandler):
         """A handler for ``llm``'s service, through the model's own HTTP client (its URL,
         key, headers and transport). ``llm`` may be wrapped (``bind_tools``, ``with_config``,
         ``with_retry``...)."""
-        from langchain_vllm_autoscale.chat_models import ChatVLLMAutoscale
-
         model = llm
         while not isinstance(model, ChatVLLMAutoscale) and hasattr(model, "bound"):
             model = model.bound

@@ -96,7 +96,7 @@ def main() -> int:
         STAMP.write_text(wanted)
     log("preparing the local model")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([str(PY), "-m", "deploy.local_model"], check=True, cwd=ROOT, env=env)
+    subprocess.run([str(PY), "-m", "deploy.engine.local_model"], check=True, cwd=ROOT, env=env)
     log(f"ready in {time.monotonic() - started:.0f} s")
     return 0
 

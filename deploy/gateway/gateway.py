@@ -36,8 +36,8 @@ from urllib.parse import urlparse
 
 import orjson
 
-from ..config import Settings
-from ..errors import StoreUnavailable
+from ..core.errors import StoreUnavailable
+from ..settings.settings import Settings
 from .cache import CacheLookup, ResponseCache, canonical_json
 from .keys import KeyRecord, KeyRing, load_file, new_key, parse_entries
 from .ledger import Ledger, seconds_to_next_month
@@ -236,7 +236,7 @@ class Gateway:
         # knows the month's spend and its peers' counts before its first request.
         read = [
             self._step("read keys", self._read_keys),
-            self._step("read spend", self.ledger.refresh),
+            self._step("read spend", self._read_spend),
             self._step("read limits", self._read_limits),
         ]
         if all(read):
@@ -388,6 +388,11 @@ class Gateway:
         self._sealed = self._sealed or sealed or bool(records)
         self._keys_read_at = time.monotonic()
 
+    def _read_spend(self) -> None:
+        # A predecessor's spill file the store has not taken yet still counts against budgets.
+        unwritten = self.spill.documents("spend") if self.spill is not None else None
+        self.ledger.refresh(unwritten)
+
     def _read_limits(self) -> None:
         stale = max(10.0, 5 * self.settings.state_sync_interval)
         peers = [doc for name, doc in self.store.items("limits") if name != self.writer]
@@ -416,10 +421,13 @@ class Gateway:
         """Read the stored keys (and revocations), other wrappers' counts and spend; then
         write this wrapper's ledger rows and counts. Each step runs whatever the others did.
         Blocking: run it in a thread. True when every step succeeded."""
-        results = [
+        results = []
+        if self.spill is not None and self.spill.pending():  # the store refused it so far
+            results.append(self._step("write spilled rows", lambda: self.spill.replay(self.store)))  # type: ignore[union-attr]
+        results += [
             self._step("read keys", self._read_keys),
             self._step("read limits", self._read_limits),
-            self._step("read spend", self.ledger.refresh),
+            self._step("read spend", self._read_spend),
             self._step("write ledger", self.ledger.flush),
             self._step("write limits", self._write_limits),
         ]

@@ -113,7 +113,7 @@ def load_file(path: Path) -> list[KeyRecord]:
     if str(path).endswith(".toml"):
         if sys.version_info < (3, 11):
             raise ValueError(f"{path}: TOML keys files need Python 3.11+; write it as JSON")
-        import tomllib
+        import tomllib  # noqa: PLC0415 - tomllib is Python 3.11+; read only for a .toml keys file
 
         data: Any = tomllib.loads(text)
     else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import calendar
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
@@ -187,11 +187,15 @@ class Ledger:
             docs = self._docs(self._dirty)
         return {"ledger": docs, "spend": self._spend_doc()} if docs else {}
 
-    def refresh(self) -> None:
-        """Other writers' month-to-date spend, for budgets."""
+    def refresh(self, unwritten: Mapping[str, Any] | None = None) -> None:
+        """Other writers' month-to-date spend, for budgets. ``unwritten``: spend documents
+        the store does not hold yet (a stopped writer's spill file); by name, each replaces
+        the store's copy, which can only be older."""
         month = self._month()
         spend: dict[str, float] = {}
-        for name, doc in self.store.items("spend", f"{month}|"):
+        docs = dict(self.store.items("spend", f"{month}|"))
+        docs.update({n: d for n, d in (unwritten or {}).items() if n.startswith(f"{month}|")})
+        for name, doc in docs.items():
             if name == f"{month}|{self.writer}":
                 continue
             # Per key under "keys": a key may be named "at" too.

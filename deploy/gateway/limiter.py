@@ -35,12 +35,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Literal
 
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+from ..core.errors import ServiceError
 from .keys import KeyRecord
 
 __all__ = ["LimitExceeded", "RateLimits", "Ticket"]
@@ -54,16 +56,23 @@ _DESCRIBE = {
 }
 
 
-class LimitExceeded(Exception):
-    """A key went over one of its limits: 429 with ``Retry-After``, naming the limit."""
+class LimitExceeded(ServiceError):
+    """A key went over one of its limits: 429 with ``Retry-After``, naming the limit.
+
+    As OpenAI's: the body's ``type`` names the limit (rpm, tpm, max_streams,
+    monthly_budget_usd), its ``code`` is ``rate_limit_exceeded`` (wait and retry) or
+    ``insufficient_quota`` (someone must act); ``retry_after`` is whole seconds, at least 1."""
+
+    status_code = HTTPStatus.TOO_MANY_REQUESTS
 
     def __init__(self, key: str, limit: LimitName, allowed: float, retry_after: float) -> None:
         self.key, self.limit, self.allowed = key, limit, allowed
-        self.retry_after = max(1, math.ceil(retry_after))
+        wait = max(1, math.ceil(retry_after))
         what = _DESCRIBE[limit]
         super().__init__(
-            f"key {key!r} is over its {what} ({limit}={allowed:g}); retry after "
-            f"{self.retry_after} s"
+            f"key {key!r} is over its {what} ({limit}={allowed:g}); retry after {wait} s",
+            error_type=limit,
+            retry_after=wait,
         )
 
     @property
@@ -73,7 +82,17 @@ class LimitExceeded(Exception):
 
 
 class _SharedStorage(MemoryStorage):
-    """``limits``' memory storage whose counts include other wrappers' published ones."""
+    """``limits``' memory storage whose counts include other wrappers' published ones.
+
+    Private API, on purpose: two name-mangled methods of ``MemoryStorage`` are used,
+    ``__schedule_expiry`` (overridden: no timer thread) and ``__expire_events`` (called by
+    ``expire``). ``limits`` has no public way to turn the timer off or to expire now (5.8:
+    the constructor and every ``incr``/``decr`` arm a ``threading.Timer``), and writing a
+    whole storage against ``limits.storage.base`` to avoid two methods would re-implement
+    the sliding-window bookkeeping the limits here rest on. So ``limits`` is pinned below
+    its next minor in ``deploy/pyproject.toml`` (tested on 5.8), and
+    ``tests/unit_tests/gateway/test_limits_contract.py`` fails, naming the attribute, when a
+    release moves either (or the ``storage`` counter that ``own`` reads)."""
 
     STORAGE_SCHEME = ["vllm-autoscale-shared"]  # its own scheme: "memory" stays limits'
 
@@ -84,6 +103,7 @@ class _SharedStorage(MemoryStorage):
     def _MemoryStorage__schedule_expiry(self) -> None:
         # limits' memory storage starts a thread every 10 ms under load to drop expired
         # counters; `get` already ignores them, and the gateway's sync calls `expire`.
+        # (A private override: see the class docstring for why, and the contract test.)
         pass
 
     def expire(self) -> None:

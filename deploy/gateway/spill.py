@@ -2,8 +2,9 @@
 
 A wrapper that stops while its store is down (a full disk, a Dict error) writes what it could
 not flush to one JSON file in ``VLLM_STATE_SPILL_DIR``; the next wrapper on the same store
-writes it there at start and removes the file. The documents are whole (one writer's rows,
-see ledger.py), so a file written twice counts nothing twice.
+writes it there at start (and at each sync until the store takes it) and removes the file.
+Until then the spend it holds still counts against budgets. The documents are whole (one
+writer's rows, see ledger.py), so a file written twice counts nothing twice.
 """
 
 from __future__ import annotations
@@ -38,13 +39,31 @@ class Spill:
         os.replace(tmp, path)  # a reader never sees half a file
         return path
 
+    def _files(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(self.folder.glob(f"{self.tag}-*.json"))
+
+    def pending(self) -> bool:
+        """Whether a spill file waits to be written."""
+        return bool(self._files())
+
+    def documents(self, table: str) -> dict[str, Any]:
+        """The documents of ``table`` in every spill file not yet written (unreadable files
+        count as empty): what the store does not hold yet, for a wrapper that must count it."""
+        docs: dict[str, Any] = {}
+        for path in self._files():
+            try:
+                docs.update(json.loads(path.read_text()).get(table) or {})
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read the spill file %s (%s)", path, exc)
+        return docs
+
     def replay(self, store: StateStore) -> int:
         """Write every spill file of this store to it; return how many documents. A file is
         removed only once all of it is written (a failure leaves it for the next start)."""
-        if not self.folder.is_dir():
-            return 0
         written = 0
-        for path in sorted(self.folder.glob(f"{self.tag}-*.json")):
+        for path in self._files():
             tables = json.loads(path.read_text())
             for table, docs in tables.items():
                 store.put_many(table, docs)

@@ -156,7 +156,7 @@ class ModalDictStore:
 
     def __init__(self, name: str, dicts: Mapping[str, Any] | None = None) -> None:
         if dicts is None:
-            import modal
+            import modal  # noqa: PLC0415 - modal is the 'modal' extra, needed only for a modal-dict:// store
 
             dicts = {t: modal.Dict.from_name(f"{name}-{t}", create_if_missing=True) for t in TABLES}
         self.name, self._dicts = name, dict(dicts)

@@ -5,11 +5,12 @@ Modal (``ModalTransport``). Where each job lives (``docs/architecture.md``):
 
 - ``app.py``: assembly (settings, state, handlers, routers, middleware, OpenAPI);
 - ``middleware.py``: request ids, the body-size limit, metrics and one log line a request;
-- ``handlers.py``: the wrapper's own errors and every error's JSON answer;
-- ``auth.py``: the bearer-key dependency;
-- ``routes_seed.py``, ``routes_openai.py``, ``routes_service.py``: the routes, by area;
-- ``service.py``: inference (model check, request preparation, completion, batch, metadata);
-- ``streaming.py``: the stream pump and the SSE response.
+- ``handlers.py``: every error's JSON answer; ``auth.py``: the caller's key and role;
+- ``protocol.py``: request models and the limits they enforce;
+- ``routes/``: the routes, one module per area, thin;
+- ``serving/``: from a validated request to its answer (completion, streams, batch, books);
+- ``tokenize/``: token counts without the engine;
+- ``http_server.py``: the local server's connection hygiene.
 
 It imports no engine code (no vLLM, no subprocess, no aiohttp): on Modal it runs in a
 container without them.

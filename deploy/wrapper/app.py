@@ -15,28 +15,26 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from ..config import SERVICE_NAME, SERVICE_VERSION, Settings
-from ..contract import EngineTransport
-from ..fallback import ColdRouter, FallbackTransport
+from ..core.contract import EngineTransport
+from ..core.model_info import ModelInfo
 from ..gateway import Gateway
 from ..gateway.store import StateStore
-from ..metrics import Metrics
-from ..model_info import ModelInfo
-from ..protocol import RequestModels, request_models
-from . import (
-    handlers,
-    routes_adapters,
-    routes_docs,
-    routes_gateway,
-    routes_openai,
-    routes_seed,
-    routes_service,
-    routes_tokenize,
-)
+from ..settings.settings import SERVICE_NAME, SERVICE_VERSION, Settings
+from ..transports.fallback import ColdRouter, FallbackTransport
+from . import handlers
+from .metrics import Metrics
 from .middleware import FastPath, RequestContext
-from .models import ModelRegistry
-from .routes_gateway import NewKey
-from .service import InferenceService
+from .protocol import Limits, RequestModels, request_models
+from .routes import adapters as routes_adapters
+from .routes import docs as routes_docs
+from .routes import gateway as routes_gateway
+from .routes import openai as routes_openai
+from .routes import seed as routes_seed
+from .routes import service as routes_service
+from .routes import tokenize as routes_tokenize
+from .routes.gateway import NewKey
+from .serving.registry import ModelRegistry
+from .serving.service import Serving
 
 __all__ = ["create_app"]
 
@@ -58,7 +56,8 @@ def create_app(
     ``store`` holds the gateway's shared state (default: ``VLLM_STATE_URL``'s); ``fallback``
     serves while the engine is cold (default: ``VLLM_COLD_FALLBACK_URL``'s, if set)."""
     settings = settings or Settings.load()
-    models = request_models(settings.limits)
+    limits = Limits.from_settings(settings)
+    models = request_models(limits)
     gateway = Gateway(settings, store)
     registry = ModelRegistry(transports, settings, model_info)
     if fallback is None and settings.cold_fallback_url:
@@ -96,13 +95,12 @@ def create_app(
     )  # fmt: skip
     metrics = Metrics()
     gateway.on_store_error = metrics.count_store_error
-    app.state.settings = settings
-    app.state.transport = registry.default.transport
+    # What the routes, the handlers and the tests read (nothing else lives here).
+    app.state.transport = registry.default.transport  # the default model's (benchmarks)
     app.state.models = registry
     app.state.metrics = metrics
     app.state.gateway = gateway
-    app.state.service = InferenceService(registry, settings, metrics, gateway, cold)
-    app.state.model_info = registry.default.info
+    app.state.service = Serving(registry, settings, metrics, gateway, cold)
 
     handlers.install(app)
     hot = routes_openai.hot_route(models)
@@ -110,7 +108,7 @@ def create_app(
     app.include_router(routes_seed.router(models))
     app.include_router(routes_openai.router(models))
     app.include_router(routes_service.router)
-    app.include_router(routes_tokenize.router(settings.limits))
+    app.include_router(routes_tokenize.router(limits))
     app.include_router(routes_gateway.router)
     app.include_router(routes_adapters.router)
     if not public_docs:

@@ -1,8 +1,14 @@
-"""The wrapper's own errors, and the JSON answer every error gets (OpenAI's shape).
+"""The JSON answer every error gets (OpenAI's shape), and parsing a request body.
 
 Every failure answers ``{"error": {"message", "type", "param", "code"}}``: a request that
 breaks a rule names the field in ``param``; an engine failure keeps its status and, when it
 is worth retrying, a ``Retry-After`` header.
+
+One handler answers every ``ServiceError`` (the tree is drawn in deploy/core/errors.py); the
+others are the framework's own: FastAPI's validation errors, Starlette's HTTP errors, a body
+the client stopped sending (499, nothing), and anything else (500, no details). The wrapper's
+errors (``InvalidRequest``, ``AuthError``, ``Forbidden``, ``ClientGone``) are defined in the
+tree and still importable from here.
 """
 
 from __future__ import annotations
@@ -22,7 +28,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..errors import EngineError, error_body
+from ..core.errors import (
+    AuthError,
+    ClientGone,
+    Forbidden,
+    InvalidRequest,
+    ServiceError,
+    error_body,
+)
 from ..gateway import LimitExceeded
 
 __all__ = [
@@ -33,30 +46,11 @@ __all__ = [
     "engine_error_response",
     "install",
     "parse_body",
+    "service_error_response",
 ]
 
 log = logging.getLogger("vllm_autoscale.wrapper")
 M = TypeVar("M", bound=BaseModel)
-
-
-class InvalidRequest(Exception):
-    """A request that is well-formed JSON but breaks a rule; answered 4xx naming the field."""
-
-    def __init__(self, message: str, param: str, status: int = HTTPStatus.UNPROCESSABLE_ENTITY):
-        super().__init__(message)
-        self.message, self.param, self.status = message, param, status
-
-
-class AuthError(Exception):
-    """No key, or the wrong one."""
-
-
-class Forbidden(Exception):
-    """A valid key without the role a route needs."""
-
-
-class ClientGone(Exception):
-    """The caller disconnected; its engine work was cancelled."""
 
 
 def parse_body(model: type[M], raw: bytes) -> M:
@@ -102,19 +96,43 @@ def _refuse_non_finite(raw: bytes) -> None:
             stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(value))))
 
 
-def engine_error_response(exc: EngineError) -> JSONResponse:
-    headers = {}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(int(exc.retry_after))
-    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
+def service_error_response(exc: ServiceError) -> Response:
+    """Any ``ServiceError`` as its answer: its status, OpenAI's body, its headers."""
+    if isinstance(exc, ClientGone):
+        return _client_gone_response()
+    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers())
 
 
-async def _auth_error(_: Request, __: Exception) -> JSONResponse:
+engine_error_response = service_error_response
+"""The name the serving code knows it by (an engine failure before a stream's first byte)."""
+
+
+def _client_gone_response() -> Response:
+    return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    if isinstance(exc, LimitExceeded):  # once it is a ServiceError (gateway/limiter.py)
+        _count_limited(request, exc)
+    return service_error_response(exc)
+
+
+def _count_limited(request: Request, exc: LimitExceeded) -> None:
+    request.app.state.metrics.count_key(exc.key, f"limited:{exc.limit}")
+
+
+async def _limit_exceeded(request: Request, exc: Exception) -> JSONResponse:
+    # Transitional, until LimitExceeded derives from ServiceError (another change to
+    # gateway/limiter.py): then `_service_error` answers it, and this goes.
+    assert isinstance(exc, LimitExceeded)
+    _count_limited(request, exc)
+    # As OpenAI's: `type` names the limit (rpm, tpm, max_streams, monthly_budget_usd), `code`
+    # is rate_limit_exceeded (wait and retry) or insufficient_quota (someone must act).
+    body = error_body(str(exc), type=exc.limit, param=None, code=exc.code)
     return JSONResponse(
-        error_body("missing or invalid API key: send 'Authorization: Bearer <key>'",
-                   type="authentication_error", code=401),
-        status_code=HTTPStatus.UNAUTHORIZED,
-        headers={"WWW-Authenticate": "Bearer"},
+        body, status_code=HTTPStatus.TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(exc.retry_after)},
     )  # fmt: skip
 
 
@@ -131,24 +149,6 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
 
 
-async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(
-        error_body(str(exc), type="permission_error", code=403), status_code=HTTPStatus.FORBIDDEN
-    )
-
-
-async def _limit_exceeded(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, LimitExceeded)
-    request.app.state.metrics.count_key(exc.key, f"limited:{exc.limit}")
-    # As OpenAI's: `type` names the limit (rpm, tpm, max_streams, monthly_budget_usd), `code`
-    # is rate_limit_exceeded (wait and retry) or insufficient_quota (someone must act).
-    body = error_body(str(exc), type=exc.limit, param=None, code=exc.code)
-    return JSONResponse(
-        body, status_code=HTTPStatus.TOO_MANY_REQUESTS,
-        headers={"Retry-After": str(exc.retry_after)},
-    )  # fmt: skip
-
-
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     # FastAPI's own errors (unparsable body, unknown route, wrong method) in our shape.
     assert isinstance(exc, StarletteHTTPException)
@@ -160,20 +160,8 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _client_gone(_: Request, __: Exception) -> Response:
-    return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-
-
-async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, InvalidRequest)
-    return JSONResponse(
-        error_body(exc.message, param=exc.param, code=exc.status), status_code=exc.status
-    )
-
-
-async def _engine_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, EngineError)
-    return engine_error_response(exc)
+async def _client_disconnect(_: Request, __: Exception) -> Response:
+    return _client_gone_response()
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -189,14 +177,11 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register every handler on ``app``."""
     app.add_exception_handler(Exception, _unexpected)
-    app.add_exception_handler(AuthError, _auth_error)
+    app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(ClientGone, _client_gone)
     # The client left while sending its body (or the server timed the body out): nothing to
     # answer and nothing to log as an error.
-    app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(InvalidRequest, _invalid_request)
-    app.add_exception_handler(EngineError, _engine_error)
-    app.add_exception_handler(Forbidden, _forbidden)
-    app.add_exception_handler(LimitExceeded, _limit_exceeded)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
+    if not issubclass(LimitExceeded, ServiceError):  # transitional: see _limit_exceeded
+        app.add_exception_handler(LimitExceeded, _limit_exceeded)

@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import error_body
-from ..metrics import Metrics
+from ..core.errors import error_body
+from .metrics import Metrics
 
 __all__ = ["FastPath", "RequestContext"]
 

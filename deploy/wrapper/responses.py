@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..protocol import ErrorResponse
+from .protocol import ErrorResponse
 
 __all__ = ["ADMIN_ERRORS", "AUTH_ERRORS", "INFERENCE_ERRORS", "errors", "json_body"]
 

@@ -26,9 +26,10 @@ def manifests() -> dict[str, Any]:
 
 
 # Several models: a second collection, with the same deploy-time settings plus VLLM_MODELS.
-# Each model gets a GPU class of its own (its own GPU, window, bounds); Qwen serves adapters.
+# Each model gets a pool of its own (the GPU class bound to it, with its own GPU, window,
+# bounds); Qwen serves adapters. The first pool's container is listed as `VLLMInference`.
 FIRST_MODEL, SECOND_MODEL = "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen3-8B"
-SECOND_CLASS = "VLLMInference_Qwen_Qwen3_8B"
+SECOND_POOL = f"VLLMInference(model={SECOND_MODEL!r})"
 TWO_MODEL_SETTINGS = {
     **DEPLOY_SETTINGS,
     "VLLM_MODELS": json.dumps([

@@ -1,6 +1,6 @@
 """Stage a Modal container's file set alone in an empty directory, and run code from there.
 
-The file set comes from ``deploy.modal_manifest`` (modal's own mount code on the objects
+The file set comes from ``deploy.cloud.manifest`` (modal's own mount code on the objects
 ``deploy/modal_app.py`` builds), collected in a subprocess that imports the app exactly as
 ``modal deploy deploy/modal_app.py`` does. A staged process sees the container's files under
 ``<stage>/root`` (Modal's ``/root``) and nothing of this repository: the driver drops every
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deploy.modal_manifest import collect
+from deploy.cloud.manifest import collect
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVERS = Path(__file__).with_name("drivers")

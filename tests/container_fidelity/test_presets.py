@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.config import MODEL_PRESETS
+from deploy.settings.settings import MODEL_PRESETS
 
 
 @pytest.fixture(scope="module")

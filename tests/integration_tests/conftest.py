@@ -17,10 +17,10 @@ import uvicorn
 from pydantic import SecretStr
 from starlette.types import ASGIApp
 
-from deploy.config import Settings
-from deploy.engine import free_port
-from deploy.http_server import server_config
-from deploy.local_stack import LocalStack
+from deploy.engine.process import free_port
+from deploy.ops.local_stack import LocalStack
+from deploy.settings.settings import Settings
+from deploy.wrapper.http_server import server_config
 
 API_KEY = "test-key-" + os.urandom(8).hex()
 ENGINE_LOG = Path(tempfile.gettempdir()) / f"vllm-autoscale-test-engine-{os.getpid()}.log"

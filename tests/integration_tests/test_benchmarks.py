@@ -10,7 +10,7 @@ from aiohttp import web
 
 from benchmarks.run import QUICK, TARGETS, run_benchmarks, write
 from benchmarks.stub_upstream import BareForward, stub_app, stub_wrapper_app
-from deploy.engine import free_port
+from deploy.engine.process import free_port
 from tests.integration_tests.conftest import serve_on_stack
 
 

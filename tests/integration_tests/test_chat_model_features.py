@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from deploy.engine import free_port
+from deploy.engine.process import free_port
 from langchain_vllm_autoscale import (
     APIConnectionError,
     BadRequestError,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from deploy.cli import main
-from deploy.engine import free_port
+from deploy.engine.process import free_port
+from deploy.ops.cli import main
 
 
 def test_status_json_and_text(warm_stack, api_key, capsys) -> None:

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from deploy.config import Settings
+from deploy.settings.settings import Settings
 from deploy.wrapper import create_app
 from tests.integration_tests.conftest import API_KEY, serve_on_stack
 

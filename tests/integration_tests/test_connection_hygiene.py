@@ -20,8 +20,8 @@ import pytest
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deploy.config import Settings
-from deploy.local_stack import LocalStack
+from deploy.ops.local_stack import LocalStack
+from deploy.settings.settings import Settings
 from deploy.wrapper import create_app
 from tests.integration_tests.conftest import API_KEY, serve_on_stack
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from pydantic import SecretStr
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from deploy.config import Settings
+from deploy.settings.settings import Settings
 from deploy.wrapper import create_app
 from tests.integration_tests.conftest import API_KEY, serve_on_stack
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from deploy.config import Settings
 from deploy.gateway.store import SQLiteStore
+from deploy.settings.settings import Settings
 from deploy.wrapper import create_app
 from langchain_vllm_autoscale import ChatVLLMAutoscale, RateLimitError
 from tests.integration_tests.conftest import API_KEY, serve_on_stack

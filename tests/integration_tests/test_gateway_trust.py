@@ -19,8 +19,8 @@ import httpx
 import openai
 from pydantic import SecretStr
 
-from deploy.config import Settings
 from deploy.gateway.store import SQLiteStore
+from deploy.settings.settings import Settings
 from deploy.wrapper import create_app
 from tests.integration_tests.conftest import serve_on_stack
 

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from deploy.errors import EngineRequestError
-from deploy.local_model import local_engine_config, prepare_local_model
-from deploy.transport_local import LocalTransport
+from deploy.core.errors import EngineRequestError
+from deploy.engine.local_model import local_engine_config, prepare_local_model
+from deploy.transports.local import LocalTransport
 from tests.lora_adapters import make_adapter
 
 pytestmark = pytest.mark.engine

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from deploy.config import Settings
-from deploy.inference import InferenceServer
-from deploy.transport_modal import ModalTransport
+from deploy.engine.server import InferenceServer
+from deploy.settings.settings import Settings
+from deploy.transports.modal import ModalTransport
 from deploy.wrapper import create_app
 from langchain_vllm_autoscale import ChatVLLMAutoscale
 from tests.integration_tests.conftest import API_KEY, serve_on_stack

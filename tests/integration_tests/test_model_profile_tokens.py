@@ -17,9 +17,9 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from pydantic import BaseModel, Field, SecretStr
 
-from deploy.config import Settings
-from deploy.local_stack import LocalStack
-from deploy.transport_local import LocalTransport
+from deploy.ops.local_stack import LocalStack
+from deploy.settings.settings import Settings
+from deploy.transports.local import LocalTransport
 from deploy.wrapper import create_app
 from langchain_vllm_autoscale import ChatVLLMAutoscale
 from tests.integration_tests.conftest import API_KEY, serve_on_stack

@@ -18,11 +18,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from deploy import transport_local
-from deploy.config import Settings
-from deploy.engine import free_port
-from deploy.local_model import local_engine_config, prepare_local_model
-from deploy.transport_local import LocalTransport
+from deploy.engine.local_model import local_engine_config, prepare_local_model
+from deploy.engine.process import free_port
+from deploy.settings.settings import Settings
+from deploy.transports import local as transport_local
+from deploy.transports.local import LocalTransport
 from deploy.wrapper import create_app
 from langchain_vllm_autoscale import ChatVLLMAutoscale
 from tests.integration_tests.conftest import API_KEY, serve_on_stack
@@ -167,7 +167,7 @@ def test_sigterm_drains_requests_and_ends_streams_cleanly(tmp_path) -> None:
     env.pop("VLLM_WRAPPER_API_KEY", None)
     log = (tmp_path / "serve.log").open("wb")
     serve = subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "serve", "--local", "--port", str(port), "--warm",
+        [sys.executable, "-m", "deploy.ops.cli", "serve", "--local", "--port", str(port), "--warm",
          "--scaledown-window", "0", "--log-level", "WARNING",
          "--engine-log", str(tmp_path / "engine.log")],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -62,6 +62,21 @@ def test_idle_engine_scales_to_zero_and_info_routes_never_wake_it(warm_stack, ht
     assert httpx.get(warm_stack.url + "/health").json()["engine_state"] == "cold"
 
 
+# Here, after the test that leaves the engine cold: the start its request begins is cut short
+# by the next test's scale-down, instead of being waited for (~30 s) by a test that needs it
+# warm and then stopped again.
+def test_queue_timeout_answers_503(stack) -> None:
+    transport = stack.transport
+    stack.call(transport.scale_down)
+    transport.queue_timeout = 0.5
+    try:
+        resp = httpx.post(stack.url + "/v1/chat/completions", json=SHORT, headers=AUTH)
+    finally:
+        transport.queue_timeout = stack.settings.queue_timeout
+    assert resp.status_code == 503 and "retry-after" in resp.headers
+    assert "still starting" in resp.json()["error"]["message"]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -132,18 +147,6 @@ def test_full_queue_answers_503_with_retry_after(stack) -> None:
         if r.status_code == 503:
             assert int(r.headers["retry-after"]) > 0
             assert r.json()["error"]["type"] == "overloaded"
-
-
-def test_queue_timeout_answers_503(stack) -> None:
-    transport = stack.transport
-    stack.call(transport.scale_down)
-    transport.queue_timeout = 0.5
-    try:
-        resp = httpx.post(stack.url + "/v1/chat/completions", json=SHORT, headers=AUTH)
-    finally:
-        transport.queue_timeout = stack.settings.queue_timeout
-    assert resp.status_code == 503 and "retry-after" in resp.headers
-    assert "still starting" in resp.json()["error"]["message"]
 
 
 CHAT, BATCH = "/v1/chat/completions", "/v1/chat/completions/batch"

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from deploy.config import Settings
-from deploy.local_model import LOCAL_MODEL_NAME, local_engine_config, prepare_local_model
-from deploy.transport_local import LocalTransport
+from deploy.engine.local_model import LOCAL_MODEL_NAME, local_engine_config, prepare_local_model
+from deploy.settings.settings import Settings
+from deploy.transports.local import LocalTransport
 from deploy.wrapper import create_app
 from tests.integration_tests.conftest import API_KEY, ENGINE_LOG, serve_on_stack
 from tests.lora_adapters import make_adapter

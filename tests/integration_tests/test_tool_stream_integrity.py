@@ -7,11 +7,19 @@ per call ``index`` as the OpenAI SDK does) and through ``ChatVLLMAutoscale`` (``
 the ``stream`` chunks summed), and compares the tool calls: names, and arguments as parsed JSON
 (ids differ by design). The arguments must also validate against the tool's JSON schema.
 
+The four answers of a case (HTTP whole and streamed, ``invoke`` and ``stream``) are asked for
+at once, one case at a time (the ``sweep`` fixture, shared by both tests): the engine decodes
+them in the same batches, so a case costs about one generation instead of four (the sweep took
+~270 s one request at a time). Cases are never run side by side: bf16 greedy decoding on CPU
+depends on what a sequence is batched with (measured: with 16 requests from four cases in
+flight, one case's streamed answer differed from its whole one), while the four identical
+requests of one case see the same batches.
+
 The 135M model never picks a tool on ``tool_choice="auto"``, so every case forces one:
 ``"required"`` or a named function; it also never makes a second call, so several calls in
-one stream are covered offline (``tests/unit_tests/test_tool_stream.py``).
+one stream are covered offline (``tests/unit_tests/wrapper/test_tool_stream.py``).
 
-Straight from vLLM (the wrapper without ``deploy/wrapper/tool_stream.py``) 35 of these 38
+Straight from vLLM (the wrapper without ``deploy/wrapper/serving/tool_stream.py``) 35 of these 38
 cases match: where the non-streamed answer has no call (cut by ``max_tokens``, or
 ``</tool_call>`` written inside a string), the stream still has one, with arguments that are
 not JSON; LangChain reads them leniently into a call with arguments missing. The wrapper now
@@ -24,13 +32,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import jsonschema
 import pytest
-from langchain_core.messages import AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk
 
 from langchain_vllm_autoscale import ChatVLLMAutoscale
 
@@ -434,16 +443,26 @@ def _same_text(outcome: Outcome, streamed: str) -> None:
         outcome.extra.append(f"content {streamed!r} != {whole!r}")
 
 
-def http_outcome(http: httpx.Client, case: Case) -> Outcome:
-    body = case.body()
-    response = http.post("/v1/chat/completions", json=body)
+def http_whole(http: httpx.Client, case: Case) -> dict[str, Any]:
+    """The non-streamed answer's choice."""
+    response = http.post("/v1/chat/completions", json=case.body())
     assert response.status_code == 200, response.text
-    choice = response.json()["choices"][0]
-    raw = choice["message"].get("tool_calls") or []
-    stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    return response.json()["choices"][0]
+
+
+def http_streamed(http: httpx.Client, case: Case) -> tuple[dict[int, dict[str, str]], dict]:
+    """The streamed answer, assembled as a plain OpenAI client does."""
+    stream_body = {**case.body(), "stream": True, "stream_options": {"include_usage": True}}
     with http.stream("POST", "/v1/chat/completions", json=stream_body) as streamed:
         assert streamed.status_code == 200, streamed.read()
-        calls, rest = assemble(sse_events(streamed))
+        return assemble(sse_events(streamed))
+
+
+def http_outcome(
+    case: Case, choice: dict[str, Any], streamed: tuple[dict[int, dict[str, str]], dict]
+) -> Outcome:
+    calls, rest = streamed
+    raw = choice["message"].get("tool_calls") or []
     ordered = [calls[i] for i in sorted(calls)]
     outcome = Outcome(
         case,
@@ -462,18 +481,31 @@ def http_outcome(http: httpx.Client, case: Case) -> Outcome:
     return outcome
 
 
-def langchain_outcome(llm: ChatVLLMAutoscale, case: Case) -> Outcome:
-    bound = llm.bind_tools(
+def _bound(llm: ChatVLLMAutoscale, case: Case) -> Any:
+    return llm.bind_tools(
         [TOOLS[name] for name in case.tools],
         tool_choice=case.choice,
         parallel_tool_calls=case.parallel,
     )
-    whole = bound.invoke(case.prompt, max_tokens=case.max_tokens)
-    chunks = list(bound.stream(case.prompt, max_tokens=case.max_tokens))
+
+
+def langchain_whole(llm: ChatVLLMAutoscale, case: Case) -> AIMessage:
+    whole = _bound(llm, case).invoke(case.prompt, max_tokens=case.max_tokens)
+    assert isinstance(whole, AIMessage)
+    return whole
+
+
+def langchain_streamed(llm: ChatVLLMAutoscale, case: Case) -> AIMessageChunk:
+    """The ``stream`` chunks summed."""
+    chunks = list(_bound(llm, case).stream(case.prompt, max_tokens=case.max_tokens))
     full = chunks[0]
     for chunk in chunks[1:]:
         full += chunk
     assert isinstance(full, AIMessageChunk)
+    return full
+
+
+def langchain_outcome(case: Case, whole: AIMessage, full: AIMessageChunk) -> Outcome:
     outcome = Outcome(
         case,
         whole=[(c["name"], c["args"]) for c in whole.tool_calls],
@@ -527,18 +559,51 @@ def test_case_list_covers_the_shapes() -> None:
     assert sum(bool(c.parallel) for c in CASES) >= 3
 
 
-# Each sweep is ~80 generations: a few minutes alone, more beside other test sessions.
+@dataclass
+class Sweep:
+    """Every case's four answers, as futures: a failed request fails only its layer's test."""
+
+    answers: list[tuple[Case, list[Future]]]
+    took: float
+
+    def outcomes(self, layer: str) -> list[Outcome]:
+        if layer == "HTTP":
+            return [http_outcome(case, f[0].result(), f[1].result()) for case, f in self.answers]
+        return [langchain_outcome(case, f[2].result(), f[3].result()) for case, f in self.answers]
+
+
+@pytest.fixture(scope="module")
+def sweep(stack, api_key) -> Iterator[Sweep]:
+    stack.wait_warm()
+    llm = ChatVLLMAutoscale(base_url=stack.url, api_key=api_key, temperature=0)
+    headers = {"authorization": f"Bearer {api_key}"}
+    with (
+        httpx.Client(base_url=stack.url, headers=headers, timeout=120) as http,
+        ThreadPoolExecutor(4) as pool,
+    ):
+        started = time.perf_counter()
+        answers = []
+        for case in CASES:
+            futures = [
+                pool.submit(http_whole, http, case),
+                pool.submit(http_streamed, http, case),
+                pool.submit(langchain_whole, llm, case),
+                pool.submit(langchain_streamed, llm, case),
+            ]
+            wait(futures)  # one case at a time: see the module's docstring
+            answers.append((case, futures))
+        yield Sweep(answers, time.perf_counter() - started)
+
+
+# The sweep is 38 rounds of four requests at once: about a minute alone, more beside other
+# test sessions (it was ~150 generations one after the other, ~270 s).
 @pytest.mark.timeout(1800)
-def test_streamed_tool_calls_equal_whole_over_http(warm_stack, http) -> None:
-    started = time.perf_counter()
-    outcomes = [http_outcome(http, case) for case in CASES]
-    _check("HTTP", outcomes, time.perf_counter() - started)
+def test_streamed_tool_calls_equal_whole_over_http(sweep: Sweep) -> None:
+    outcomes = sweep.outcomes("HTTP")
+    _check("HTTP", outcomes, sweep.took)
     assert sum(bool(o.whole) for o in outcomes) >= 30  # the cases exercise real calls
 
 
 @pytest.mark.timeout(1800)
-def test_streamed_tool_calls_equal_whole_through_langchain(warm_stack, api_key) -> None:
-    llm = ChatVLLMAutoscale(base_url=warm_stack.url, api_key=api_key, temperature=0)
-    started = time.perf_counter()
-    outcomes = [langchain_outcome(llm, case) for case in CASES]
-    _check("ChatVLLMAutoscale", outcomes, time.perf_counter() - started)
+def test_streamed_tool_calls_equal_whole_through_langchain(sweep: Sweep) -> None:
+    _check("ChatVLLMAutoscale", sweep.outcomes("ChatVLLMAutoscale"), sweep.took)

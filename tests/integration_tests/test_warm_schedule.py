@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from deploy.warm_schedule import WarmSchedule
+from deploy.core.schedule import WarmSchedule
 from tests.integration_tests.conftest import API_KEY
 
 PARIS = dt.timezone(dt.timedelta(hours=1))  # November: Paris is UTC+1
@@ -43,11 +43,12 @@ def test_a_schedule_keeps_the_engine_warm_inside_a_window_and_cold_outside(stack
     stack.call(transport.scale_down)
     clock = Clock(dt.datetime(2026, 11, 25, 8, 0, tzinfo=PARIS))  # a Wednesday, 08:00
     transport.schedule = WarmSchedule.parse("0 9 * * mon-fri 9h Europe/Paris")
-    transport.clock, transport.scaledown_window = clock, 3.0
+    transport.clock, transport.scaledown_window = clock, 1.0
     try:
         starts = _status(stack)["cold_starts"]
         assert stack.call(transport.apply_schedule) is False
-        time.sleep(1)
+        # A start would show at once: apply_schedule begins it before it returns, and the
+        # status is answered on the same event loop, after the start task's first step.
         before = _status(stack)
         assert before["state"] == "cold" and before["cold_starts"] == starts
         assert before["warm_schedule"]["open"] is False
@@ -56,7 +57,9 @@ def test_a_schedule_keeps_the_engine_warm_inside_a_window_and_cold_outside(stack
         clock.set(dt.datetime(2026, 11, 25, 9, 0, tzinfo=PARIS))
         assert stack.call(transport.apply_schedule) is True
         _wait_for(lambda: _status(stack)["state"] == "warm", 300, "the window's start")
-        time.sleep(3 * transport.scaledown_window)  # idle, but inside the window
+        # Idle for three scale-down windows (the idle watch looks four times a window), but
+        # inside the warm window: still warm.
+        time.sleep(3 * transport.scaledown_window)
         inside = _status(stack)
         assert inside["state"] == "warm" and inside["cold_starts"] == starts + 1
         assert inside["warm_schedule"]["open"] is True

@@ -57,9 +57,19 @@ def test_client_wheel_carries_the_client_only(wheels) -> None:
 def test_server_wheel_is_its_own_package_with_its_data(wheels) -> None:
     names = set(_names(wheels["server"]))
     assert {n.split("/")[0] for n in names} == {"vllm_autoscale_server"}  # no top-level deploy
-    for needed in (
-        "cli.py",
+    for needed in (  # every tier package, and the data files
+        "ops/cli/__init__.py",
+        "core/contract.py",
+        "settings/settings.py",
         "wrapper/app.py",
+        "wrapper/routes/openai.py",
+        "wrapper/serving/service.py",
+        "wrapper/tokenize/counter.py",
+        "gateway/gateway.py",
+        "transports/modal.py",
+        "engine/server.py",
+        "cloud/manifest.py",
+        "modal_app.py",
         "prices.json",
         "chat_templates/llama3.1_json_tools.jinja",
         "chat_templates/chatml_tools.jinja",
@@ -67,7 +77,7 @@ def test_server_wheel_is_its_own_package_with_its_data(wheels) -> None:
         assert f"vllm_autoscale_server/{needed}" in names  # fmt: skip
     with zipfile.ZipFile(wheels["server"]) as zf:
         entry = next(n for n in zf.namelist() if n.endswith("entry_points.txt"))
-        assert "vllm-autoscale = vllm_autoscale_server.cli:main" in zf.read(entry).decode()
+        assert "vllm-autoscale = vllm_autoscale_server.ops.cli:main" in zf.read(entry).decode()
 
 
 @pytest.fixture(scope="module")

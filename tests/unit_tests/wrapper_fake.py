@@ -1,6 +1,6 @@
 """A fake engine transport and helpers for the wrapper's offline tests (no engine, no sockets).
 
-``FakeTransport`` implements ``deploy.contract.EngineTransport`` the way ``LocalTransport``
+``FakeTransport`` implements ``deploy.core.contract.EngineTransport`` the way ``LocalTransport``
 does (a stream's first ``Reply`` carries the ``Facts``), records every call, and is steered
 by plain attributes: what to answer, what to raise, how long a stream waits before its first
 part.
@@ -23,8 +23,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from starlette.types import Message
 
-from deploy.config import Settings
-from deploy.contract import (
+from deploy.core.contract import (
     BatchResults,
     EngineState,
     EngineStatus,
@@ -32,7 +31,8 @@ from deploy.contract import (
     Facts,
     Reply,
 )
-from deploy.errors import EngineUnavailable
+from deploy.core.errors import EngineUnavailable
+from deploy.settings.settings import Settings
 from deploy.wrapper import create_app
 
 __all__ = [

@@ -42,5 +42,16 @@ def raw_method(user_cls: type, name: str) -> Any:
     return user_cls.__dict__[name]._get_raw_f()
 
 
+def container_instance(module: ModuleType, class_name: str, parameters: dict[str, Any]) -> Any:
+    """The instance a container of one pool of the class runs its methods on, as Modal's
+    container entrypoint builds it: the class found by name in the module, bound to the
+    pool's parameters before any enter method runs (modal._runtime.user_code_imports)."""
+    from modal._runtime.user_code_imports import get_user_class_instance
+    from modal._utils.async_utils import synchronizer
+
+    cls = synchronizer._translate_in(getattr(module, class_name))  # modal's lookup: by name
+    return get_user_class_instance(cls, (), parameters)
+
+
 def report(path: str, data: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(data, default=str))

@@ -1,0 +1,1 @@
+"""The Modal deployment seen from outside: what each container ships (its manifest)."""

@@ -1,0 +1,102 @@
+"""What a stream produced when the engine's usage never arrived, and how a batch is booked.
+
+Every token the engine produced is booked to the key that asked. A stream normally ends with
+the engine's usage chunk; when it does not (the client went away first, the stream failed
+part-way, a cold fallback sent no usage), ``StreamTally`` has seen every chunk the engine
+sent (it wraps the engine stream itself, ahead of the client), and ``estimate_usage`` counts
+the prompt and the text with the served model's tokenizer, or, where there is none, from
+the prompt's size and the chunks (vLLM sends about one chunk a token). The ledger marks such
+rows ``estimated``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from ...core.contract import Facts, Reply
+from ...gateway.gateway import prompt_estimate
+from ..tokenize.counter import TokenCounter
+
+__all__ = ["StreamTally", "estimate_usage", "rough_usage", "split_by_model"]
+
+log = logging.getLogger("vllm_autoscale.wrapper")
+
+
+class StreamTally:
+    """Text per choice, chunks with generated output, the engine's usage and facts, as the
+    engine stream goes by."""
+
+    def __init__(self) -> None:
+        self.texts: dict[int, list[str]] = {}
+        self.pieces = 0
+        self.usage: dict[str, Any] | None = None
+        self.facts: Facts | None = None
+
+    async def watch(self, source: AsyncIterator[Reply[dict[str, Any]]]) -> AsyncIterator[Any]:
+        """``source``, unchanged, noted on the way."""
+        try:
+            async for item in source:
+                if isinstance(item, Reply):
+                    self.facts = item.facts or self.facts
+                    self._note(item.body)
+                yield item
+        finally:
+            await source.aclose()  # type: ignore[attr-defined]
+
+    def _note(self, chunk: dict[str, Any]) -> None:
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            parts = [delta.get("content"), delta.get("reasoning_content"), delta.get("reasoning")]
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") or {}
+                parts += [function.get("name"), function.get("arguments")]
+            text = "".join(p for p in parts if isinstance(p, str))
+            if text:
+                self.texts.setdefault(int(choice.get("index") or 0), []).append(text)
+                self.pieces += 1
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}  # fmt: skip
+
+
+def rough_usage(body: dict[str, Any], tally: StreamTally) -> dict[str, int]:
+    """Without a tokenizer: the prompt at about 4 bytes a token, a token a chunk."""
+    return _usage(prompt_estimate(body), tally.pieces)
+
+
+async def estimate_usage(
+    body: dict[str, Any], tally: StreamTally, counter: TokenCounter
+) -> dict[str, int]:
+    """The usage of a stream that ended without the engine's: counted with the served
+    tokenizer (in a worker thread) when it is at hand, or roughly (a booking never waits
+    for a tokenizer download)."""
+    if not counter.at_hand:
+        return rough_usage(body, tally)
+    try:
+        prompt = await counter.count_chat(body.get("messages") or [], body.get("tools"))
+        completion = 0
+        for pieces in tally.texts.values():
+            counted = await counter.count_prompt("".join(pieces), add_special_tokens=False)
+            completion += int(counted["count"])
+        return _usage(int(prompt["count"]), completion)
+    except Exception as exc:  # no tokenizer here, or a prompt the template refuses
+        log.debug("counting a stream's tokens roughly: %s", exc)
+        return rough_usage(body, tally)
+
+
+def split_by_model(
+    bodies: Sequence[dict[str, Any]], results: Sequence[dict[str, Any] | None]
+) -> dict[str, list[dict[str, Any]]]:
+    """A batch's answered items grouped by the model (or adapter) each named, so each is
+    booked under its own name."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for body, result in zip(bodies, results, strict=True):
+        if result is not None:
+            groups.setdefault(str(body.get("model") or ""), []).append(result)
+    return groups

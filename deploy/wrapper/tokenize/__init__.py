@@ -1,0 +1,1 @@
+"""Token counts in the wrapper: the served model's tokenizer and chat template, no GPU."""

@@ -1,0 +1,1 @@
+"""The client package (langchain_vllm_autoscale): no server, sockets off."""

@@ -1,0 +1,1 @@
+"""deploy/modal_app.py and deploy/cloud/: the Modal deployment."""

@@ -1,0 +1,1 @@
+"""deploy/core/: the leaves both tiers import."""

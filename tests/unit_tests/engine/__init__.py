@@ -1,0 +1,1 @@
+"""deploy/engine/: the GPU side."""

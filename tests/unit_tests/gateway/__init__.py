@@ -1,0 +1,1 @@
+"""deploy/gateway/: keys, limits, the ledger, the cache, the store."""

@@ -1,0 +1,1 @@
+"""deploy/ops/: the vllm-autoscale command, the cost model, the advisor."""

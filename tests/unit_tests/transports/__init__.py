@@ -1,0 +1,1 @@
+"""deploy/transports/: how the wrapper reaches an engine."""

@@ -1,0 +1,1 @@
+"""deploy/wrapper/: the always-on app over the fake transport."""
