@@ -39,6 +39,31 @@ async def _chat(request: web.Request) -> web.Response:
     return web.Response(body=_BODY, content_type="application/json")
 
 
+# The other inference routes, canned the same way (benchmarks/routes_hop.py).
+_CANNED = {
+    "/v1/completions": {"id": "cmpl-stub", "object": "text_completion", "created": 0,
+                        "model": "stub", "choices": [{"index": 0, "text": "ok",
+                                                      "finish_reason": "length"}],
+                        "usage": REPLY["usage"]},
+    "/v1/embeddings": {"object": "list", "model": "stub-embed",
+                       "data": [{"object": "embedding", "index": 0, "embedding": [0.0] * 384}],
+                       "usage": {"prompt_tokens": 5, "total_tokens": 5}},
+    "/v1/responses": {"id": "resp_stub", "object": "response", "created_at": 0, "model": "stub",
+                      "status": "completed", "output": [],
+                      "usage": {"input_tokens": 5, "output_tokens": 1, "total_tokens": 6}},
+}  # fmt: skip
+
+
+def _canned(route: str) -> Any:
+    body = json.dumps(_CANNED[route]).encode()
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=body, content_type="application/json")
+
+    return answer
+
+
 async def _health(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
@@ -46,6 +71,8 @@ async def _health(_: web.Request) -> web.Response:
 def stub_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", _chat)
+    for route in _CANNED:
+        app.router.add_post(route, _canned(route))
     app.router.add_get("/health", _health)
     return app
 
@@ -53,8 +80,8 @@ def stub_app() -> web.Application:
 class AttachedEngine(VLLMEngine):
     """A ``VLLMEngine`` that forwards to a server it did not start (the stub)."""
 
-    def __init__(self, port: int, name: str = "stub") -> None:
-        super().__init__(EngineConfig(model=name, served_model_name=name, port=port))
+    def __init__(self, port: int, name: str = "stub", runner: str = "generate") -> None:
+        super().__init__(EngineConfig(model=name, served_model_name=name, port=port, runner=runner))
 
     def is_running(self) -> bool:
         return True
@@ -69,9 +96,10 @@ class AttachedEngine(VLLMEngine):
         return None
 
 
-def stub_wrapper_app(upstream_port: int, models: int = 1) -> Any:
+def stub_wrapper_app(upstream_port: int, models: int = 1, embed: bool = False) -> Any:
     """A wrapper over the stub; with ``models`` > 1, that many served models ("stub", then
-    "stub-2", ...), each its own transport to the stub (routing's cost)."""
+    "stub-2", ...), each its own transport to the stub (routing's cost); with ``embed``, an
+    embedding model "stub-embed" beside them (the other routes' cost)."""
     from deploy.settings.settings import Settings
     from deploy.transports.local import LocalTransport
     from deploy.wrapper import create_app
@@ -85,7 +113,18 @@ def stub_wrapper_app(upstream_port: int, models: int = 1) -> Any:
         transport.engine = AttachedEngine(upstream_port, name)
         transport.state = "warm"
         transports[name] = transport
-    return create_app(transports, Settings())
+    if not embed:
+        return create_app(transports, Settings())
+    transport = LocalTransport(
+        EngineConfig(model="stub-embed", served_model_name="stub-embed", runner="pooling"),
+        scaledown_window=None,
+    )
+    transport.engine = AttachedEngine(upstream_port, "stub-embed", runner="pooling")
+    transport.state = "warm"
+    transports["stub-embed"] = transport
+    specs = [{"name": name} for name in transports if name != "stub-embed"]
+    specs.append({"name": "stub-embed", "runner": "pooling"})
+    return create_app(transports, Settings(models=json.dumps(specs)))
 
 
 class BareForward:
@@ -126,6 +165,7 @@ def main() -> None:
     )
     parser.add_argument("--bare", type=int, default=None, help="serve a bare forward to this port")
     parser.add_argument("--models", type=int, default=1, help="served models of the wrapper")
+    parser.add_argument("--embed", action="store_true", help="serve an embedding model too")
     args = parser.parse_args()
     if args.wrap is None and args.bare is None:
         web.run_app(stub_app(), host="127.0.0.1", port=args.port, print=None)
@@ -137,7 +177,7 @@ def main() -> None:
         uvicorn.run(bare, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
         return
     uvicorn.run(
-        stub_wrapper_app(args.wrap, args.models), host="127.0.0.1", port=args.port,
+        stub_wrapper_app(args.wrap, args.models, args.embed), host="127.0.0.1", port=args.port,
         log_level="warning",
     )  # fmt: skip
 

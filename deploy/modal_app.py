@@ -14,9 +14,11 @@ GPU class, each served model's pool of it, the always-on wrapper, the warm sched
 - ``wrapper``: always on, no GPU. The FastAPI app from ``deploy/wrapper/`` with one
   ``ModalTransport`` per model, each making function calls to its model's pool.
 
-Every setting comes from ``deploy/settings/``: ``VLLM_*`` variables read at deploy time, baked
-into both images as one JSON value (``Settings.baked_env``) that ``Settings.load()`` reads
-back in the containers. Secrets come only from the ``vllm-secrets`` Modal Secret at run time.
+Every setting comes from ``deploy/settings/``: ``VLLM_*`` variables read at deploy time (or,
+through ``vllm-autoscale deploy``, the settings file under them, handed over as the baked
+JSON), baked into both images as one JSON value (``Settings.baked_env``) that
+``Settings.load()`` reads back in the containers, beside the deploy's record
+(``DEPLOYMENT_ENV``). Secrets come only from the ``vllm-secrets`` Modal Secret at run time.
 
 What each container receives (files, packages, environment) is listed by
 ``vllm-autoscale deploy --dry-run`` and staged and run by ``tests/container_fidelity``.
@@ -25,6 +27,7 @@ What each container receives (files, packages, environment) is listed by
 # No `from __future__ import annotations`: modal reads the class's `modal.parameter()` types
 # with inspect.get_annotations (modal/cls.py, _validate_construction_mechanism), unevaluated,
 # and refuses the string 'str'.
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +36,16 @@ import modal
 import modal.experimental
 
 from deploy.cloud.pools import PoolHandle, check_class_wide, see_latest, served_model, stats_of
+from deploy.cloud.shipped import for_containers
+from deploy.settings.constants import DEPLOYMENT_ENV
 from deploy.settings.settings import MINUTES, Settings
 
 settings = Settings.load()
+IMAGE_SETTINGS, SHIPPED_FILES = for_containers(settings)
+"""The settings as baked (a keys file named where it is shipped), and the files the settings
+name: container path -> local path, mounted into the wrapper's image."""
+DEPLOYMENT = {DEPLOYMENT_ENV: os.environ[DEPLOYMENT_ENV]} if DEPLOYMENT_ENV in os.environ else {}
+"""What ``vllm-autoscale deploy`` recorded of this deploy (deploy/settings/deployment.py)."""
 SERVED_MODELS = settings.served_models()
 """One ``Settings`` per served model, the default first; in a container, ``Settings.load()``
 gives the same list, so a pool finds its model's settings by its ``model`` parameter."""
@@ -49,12 +59,16 @@ VLLM_CACHE = "/root/.cache/vllm"  # torch.compile / CUDA graph artefacts survive
 PYTHON_VERSION = "3.12"
 
 
+SHIPPED_SUFFIXES = {".py", ".jinja", ".json", ".html", ".js", ".css"}
+
+
 def _not_shipped(path: Path) -> bool:
     """Modal's ignore rule for the `deploy` package (``path`` is relative to it). Modal's
-    default ships .py files only; the chat templates and the price table must ship too.
-    Build output (build/, *.egg-info) and bytecode never do."""
+    default ships .py files only; the chat templates, the price table and the dashboard's
+    files (wrapper/dashboard/) must ship too. Build output (build/, *.egg-info) and
+    bytecode never do."""
     stray = any(p in ("build", "__pycache__") or p.endswith(".egg-info") for p in path.parts)
-    return stray or path.suffix not in {".py", ".jinja", ".json"}
+    return stray or path.suffix not in SHIPPED_SUFFIXES
 
 
 # -- images -------------------------------------------------------------------------------------
@@ -99,7 +113,8 @@ gpu_image = (
             # HF_HUB_ENABLE_HF_TRANSFER are gone); this lets it use every core for the first
             # (~16 GB) download.
             "HF_XET_HIGH_PERFORMANCE": "1",
-            **settings.baked_env(),
+            **IMAGE_SETTINGS.baked_env(),
+            **DEPLOYMENT,
         }
     )
     .add_local_python_source("deploy", ignore=_not_shipped)
@@ -125,9 +140,11 @@ STATE_URL = f"modal-dict://{APP_NAME}-gateway"
 wrapper_image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
     .uv_pip_install("uvicorn>=0.30", *SERVER_PACKAGES, *GATEWAY_PACKAGES, *TOKENIZER_PACKAGES)
-    .env(settings.baked_env())
+    .env({**IMAGE_SETTINGS.baked_env(), **DEPLOYMENT})
     .add_local_python_source("deploy", ignore=_not_shipped)
 )
+for _remote, _local in SHIPPED_FILES.items():
+    wrapper_image = wrapper_image.add_local_file(_local, _remote)
 
 # -- Volumes and the Secret -------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from langchain_vllm_autoscale._exceptions import (
     VLLMAutoscaleError,
 )
 from langchain_vllm_autoscale.chat_models import ChatVLLMAutoscale
+from langchain_vllm_autoscale.embeddings import VLLMAutoscaleEmbeddings
 from langchain_vllm_autoscale.warmup import WarmupCallbackHandler
 
 try:
@@ -33,6 +34,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "ServiceUnavailableError",
+    "VLLMAutoscaleEmbeddings",
     "VLLMAutoscaleError",
     "WarmupCallbackHandler",
     "__version__",

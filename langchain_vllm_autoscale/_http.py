@@ -2,12 +2,17 @@
 retries with backoff that honour ``Retry-After`` (cold starts answer 503), redirects followed
 (Modal answers requests longer than 150 s with a 303), and SSE decoding (``_SSEDecoder``),
 one path for the sync and async streams: comments (the wrapper's keep-alives while the GPU
-wakes) are skipped, and an error event, mid-stream, raises the error its body names."""
+wakes) are skipped, but for the wrapper's progress comments, which become ``Notice``s, and
+an error event, mid-stream, raises the error its body names. Each retry is a ``Notice`` too
+(and a WARNING when nobody listens): a wait is never silent."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import json
+import logging
 import random
 import threading
 import time
@@ -24,10 +29,15 @@ from langchain_vllm_autoscale._exceptions import (
     error_from_event,
     error_from_response,
 )
+from langchain_vllm_autoscale._notices import Notice, Notify
 
 __all__ = ["ServiceClient", "normalize_base_url"]
 
+log = logging.getLogger("langchain_vllm_autoscale")
+
 RETRY_STATUS = frozenset({429, 502, 503, 504})
+_PROGRESS = b": vllm-autoscale-progress "
+_PROGRESS_EVENT = "vllm_autoscale.progress"
 _MAX_BACKOFF = 30.0
 
 
@@ -135,6 +145,9 @@ class _SSEDecoder:
                 out.append((self._event or "message", data))
             self._data, self._event = [], ""
             return
+        if line.startswith(_PROGRESS):  # the wrapper's progress while the GPU wakes
+            out.append((_PROGRESS_EVENT, line[len(_PROGRESS) :].decode(errors="replace")))
+            return
         if line.startswith(b":"):
             return  # a comment: the wrapper's ": keep-alive"
         name, _, value = line.partition(b":")
@@ -152,6 +165,11 @@ def _sse_payload(event: str, data: str) -> Any:
     error``, or a payload with an ``"error"`` and no choices) raises its error."""
     if data.strip() == "[DONE]":
         return True
+    if event == _PROGRESS_EVENT:
+        try:
+            return Notice("progress", dict(json.loads(data)))
+        except (ValueError, TypeError):
+            return None  # a progress line we cannot read is no reason to fail the answer
     try:
         payload = json.loads(data)
     except ValueError:  # not JSON: a proxy's page, a cut line
@@ -187,7 +205,8 @@ class _SSEStream:
             if payload is True:
                 self.done = True
                 return
-            yield payload
+            if payload is not None:
+                yield payload
 
 
 def _sse_data(line: str) -> dict[str, Any] | bool | None:
@@ -195,6 +214,41 @@ def _sse_data(line: str) -> dict[str, Any] | bool | None:
     for anything else (blank separators, comments, other fields)."""
     events = _SSEDecoder().feed(line.encode() + b"\n\n")
     return _sse_payload(*events[0]) if events else None
+
+
+def _retry_notice(
+    attempt: int,
+    attempts: int,
+    wait: float,
+    response: httpx.Response | None,
+    exc: Exception | None = None,
+) -> Notice:
+    """What a retry is for, how long it waits: for the caller's notify (or a WARNING)."""
+    if response is not None:
+        kind = None
+        with contextlib.suppress(Exception):
+            kind = (response.json().get("error") or {}).get("type")
+        reason = f"HTTP {response.status_code}" + (f" {kind}" if kind else "")
+        status: int | None = response.status_code
+    else:
+        reason, status = f"connection: {type(exc).__name__}", None
+    return Notice("retry", {"reason": reason, "status": status, "wait_s": round(wait, 2),
+                            "attempt": attempt + 1, "attempts": attempts})  # fmt: skip
+
+
+def _tell(notify: Notify | None, notice: Notice) -> Any:
+    """Hand ``notice`` on; without a listener, a retry is still logged."""
+    if notify is not None:
+        return notify(notice)
+    if notice.kind == "retry":
+        log.warning("retrying in %.1f s: %s", notice.data["wait_s"], notice.data["reason"])
+    return None
+
+
+async def _atell(notify: Notify | None, notice: Notice) -> None:
+    result = _tell(notify, notice)
+    if inspect.isawaitable(result):
+        await result
 
 
 async def _close_with_loop(client: httpx.AsyncClient) -> AsyncIterator[None]:
@@ -285,33 +339,47 @@ class ServiceClient:
 
     # -- plain JSON -----------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        for attempt in range(self.max_retries + 1):
+    def request(
+        self, method: str, path: str, body: Any = None, notify: Notify | None = None
+    ) -> dict[str, Any]:
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
             try:
                 response = self._sync.request(method, path, json=body)
             except httpx.HTTPError as exc:
                 if attempt < self.max_retries and _retryable(exc):
-                    time.sleep(_backoff(attempt, None))
+                    wait = _backoff(attempt, None)
+                    _tell(notify, _retry_notice(attempt, attempts, wait, None, exc))
+                    time.sleep(wait)
                     continue
                 raise _transport_error(exc, self.timeout) from exc
             if _worth_retrying(response) and attempt < self.max_retries:
-                time.sleep(_backoff(attempt, response))
+                wait = _backoff(attempt, response)
+                _tell(notify, _retry_notice(attempt, attempts, wait, response))
+                time.sleep(wait)
                 continue
             return self._decode(response)
         raise AssertionError("unreachable")
 
-    async def arequest(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    async def arequest(
+        self, method: str, path: str, body: Any = None, notify: Notify | None = None
+    ) -> dict[str, Any]:
         client = await self._async_client()
-        for attempt in range(self.max_retries + 1):
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
             try:
                 response = await client.request(method, path, json=body)
             except httpx.HTTPError as exc:
                 if attempt < self.max_retries and _retryable(exc):
-                    await asyncio.sleep(_backoff(attempt, None))
+                    wait = _backoff(attempt, None)
+                    await _atell(notify, _retry_notice(attempt, attempts, wait, None, exc))
+                    await asyncio.sleep(wait)
                     continue
                 raise _transport_error(exc, self.timeout) from exc
             if _worth_retrying(response) and attempt < self.max_retries:
-                await asyncio.sleep(_backoff(attempt, response))
+                wait = _backoff(attempt, response)
+                await _atell(notify, _retry_notice(attempt, attempts, wait, response))
+                await asyncio.sleep(wait)
                 continue
             return self._decode(response)
         raise AssertionError("unreachable")
@@ -346,59 +414,81 @@ class ServiceClient:
 
     # -- server-sent events ---------------------------------------------------------------------
 
-    def stream(self, path: str, body: Any) -> Iterator[dict[str, Any]]:
-        """POST and yield each SSE data event; retries only before the first byte arrives."""
+    def stream(
+        self, path: str, body: Any, notify: Notify | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """POST and yield each SSE data event; retries only before the first byte arrives.
+        Progress comments and retries go to ``notify``."""
         yielded = False
-        for attempt in range(self.max_retries + 1):
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
             try:
                 with self._sync.stream("POST", path, json=body) as response:
                     if response.status_code >= 400:
                         content = response.read()
                         if _worth_retrying(response) and attempt < self.max_retries:
-                            time.sleep(_backoff(attempt, response))
+                            wait = _backoff(attempt, response)
+                            _tell(notify, _retry_notice(attempt, attempts, wait, response))
+                            time.sleep(wait)
                             continue
                         raise _error(response, content)
                     events = _SSEStream()
                     for chunk in response.iter_bytes():
                         for payload in events.feed(chunk):
+                            if isinstance(payload, Notice):
+                                _tell(notify, payload)
+                                continue
                             yielded = True
                             yield payload
                         if events.done:
                             return
-                    yield from events.close()
+                    yield from (p for p in events.close() if not isinstance(p, Notice))
                     return
             except httpx.HTTPError as exc:
                 # Once output was handed out, sending again would repeat it: fail instead.
                 if attempt < self.max_retries and _retryable(exc) and not yielded:
-                    time.sleep(_backoff(attempt, None))
+                    wait = _backoff(attempt, None)
+                    _tell(notify, _retry_notice(attempt, attempts, wait, None, exc))
+                    time.sleep(wait)
                     continue
                 raise _transport_error(exc, self.timeout) from exc
 
-    async def astream(self, path: str, body: Any) -> AsyncIterator[dict[str, Any]]:
+    async def astream(
+        self, path: str, body: Any, notify: Notify | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         client = await self._async_client()
         yielded = False
-        for attempt in range(self.max_retries + 1):
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
             try:
                 async with client.stream("POST", path, json=body) as response:
                     if response.status_code >= 400:
                         content = await response.aread()
                         if _worth_retrying(response) and attempt < self.max_retries:
-                            await asyncio.sleep(_backoff(attempt, response))
+                            wait = _backoff(attempt, response)
+                            await _atell(notify, _retry_notice(attempt, attempts, wait, response))
+                            await asyncio.sleep(wait)
                             continue
                         raise _error(response, content)
                     events = _SSEStream()
                     async for chunk in response.aiter_bytes():
                         for payload in events.feed(chunk):
+                            if isinstance(payload, Notice):
+                                await _atell(notify, payload)
+                                continue
                             yielded = True
                             yield payload
                         if events.done:
                             return
                     for payload in events.close():
-                        yield payload
+                        if not isinstance(payload, Notice):
+                            yield payload
                     return
             except httpx.HTTPError as exc:
                 # Once output was handed out, sending again would repeat it: fail instead.
                 if attempt < self.max_retries and _retryable(exc) and not yielded:
-                    await asyncio.sleep(_backoff(attempt, None))
+                    wait = _backoff(attempt, None)
+                    await _atell(notify, _retry_notice(attempt, attempts, wait, None, exc))
+                    await asyncio.sleep(wait)
                     continue
                 raise _transport_error(exc, self.timeout) from exc

@@ -40,6 +40,7 @@ from langchain_vllm_autoscale._messages import (
     dumps_body,
     to_openai_messages,
 )
+from langchain_vllm_autoscale._notices import anotifier, notifier
 from langchain_vllm_autoscale._warmup_core import start_warmup
 
 __all__ = ["ChatVLLMAutoscale"]
@@ -291,7 +292,9 @@ class ChatVLLMAutoscale(BaseChatModel):
         body = self._build_body(messages, stop, **kwargs)
         payload = self._take_prefetched(body)
         if payload is None:
-            payload = self._client.request("POST", COMPLETIONS_PATH, body)
+            payload = self._client.request(
+                "POST", COMPLETIONS_PATH, body, notifier(run_manager, self.callbacks)
+            )
         elif isinstance(payload, Exception):
             raise payload
         return chat_result_from_response(payload)
@@ -308,7 +311,9 @@ class ChatVLLMAutoscale(BaseChatModel):
         body = self._build_body(messages, stop, **kwargs)
         payload = self._take_prefetched(body)
         if payload is None:
-            payload = await self._client.arequest("POST", COMPLETIONS_PATH, body)
+            payload = await self._client.arequest(
+                "POST", COMPLETIONS_PATH, body, anotifier(run_manager, self.callbacks)
+            )
         elif isinstance(payload, Exception):
             raise payload
         return chat_result_from_response(payload)
@@ -321,8 +326,9 @@ class ChatVLLMAutoscale(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         state = StreamState()
+        body = self._stream_body(messages, stop, **kwargs)
         for event in self._client.stream(
-            COMPLETIONS_PATH, self._stream_body(messages, stop, **kwargs)
+            COMPLETIONS_PATH, body, notifier(run_manager, self.callbacks)
         ):
             chunk = state.feed(event)
             if chunk is not None:
@@ -343,7 +349,9 @@ class ChatVLLMAutoscale(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         state = StreamState()
         body = self._stream_body(messages, stop, **kwargs)
-        async for event in self._client.astream(COMPLETIONS_PATH, body):
+        async for event in self._client.astream(
+            COMPLETIONS_PATH, body, anotifier(run_manager, self.callbacks)
+        ):
             chunk = state.feed(event)
             if chunk is not None:
                 if run_manager:

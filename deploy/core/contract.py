@@ -11,8 +11,9 @@ A ``Reply`` carries how the request was served (``Facts``) the same way for ever
 
 What a transport can do beyond ``EngineTransport`` it declares by implementing an optional
 protocol, which the wrapper checks with ``isinstance`` (never by probing attributes):
-``AdapterHost`` (LoRA adapters loaded and unloaded at run time) and ``Describes`` (it holds
-the configuration its engine starts from, which describes the served model).
+``AdapterHost`` (LoRA adapters loaded and unloaded at run time), ``Describes`` (it holds
+the configuration its engine starts from, which describes the served model) and ``Metered``
+(it sees its engines' lives exactly: when each started, served and stopped).
 """
 
 from __future__ import annotations
@@ -20,25 +21,53 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, get_args, runtime_checkable
 
 from .errors import EngineError
 
 __all__ = [
+    "ENDPOINTS",
+    "ENDPOINT_KEY",
+    "RESPONSE_ENDS",
     "AdapterHost",
     "BatchResults",
+    "ContainerLife",
     "Describes",
+    "Endpoint",
     "EngineSetup",
     "EngineState",
     "EngineStatus",
     "EngineTransport",
     "Facts",
+    "Metered",
     "Reply",
+    "engine_endpoint",
 ]
 
 B = TypeVar("B")
 EngineState = Literal["cold", "starting", "warm", "failed"]
 BatchResults = list[dict[str, Any] | EngineError]
+
+# Which of vLLM's OpenAI routes a body is for. The body carries it (under ``ENDPOINT_KEY``)
+# through every transport unchanged, Modal's function calls included; the engine side takes
+# it out before it forwards. No key: a chat completion.
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
+ENDPOINTS: frozenset[str] = frozenset(get_args(Endpoint))
+ENDPOINT_KEY = "vllm_autoscale_endpoint"
+RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+"""The events a Responses stream ends with (no ``[DONE]`` follows); the last carries the usage."""
+
+
+def engine_endpoint(body: dict[str, Any]) -> tuple[Endpoint, dict[str, Any]]:
+    """The route ``body`` is for and the body vLLM gets (without the key). Only vLLM's
+    inference routes are reachable this way: any other value is refused."""
+    if ENDPOINT_KEY not in body:
+        return "/v1/chat/completions", body
+    body = dict(body)
+    endpoint = body.pop(ENDPOINT_KEY)
+    if endpoint not in ENDPOINTS:
+        raise ValueError(f"not an engine endpoint: {endpoint!r}")
+    return endpoint, body
 
 
 @dataclass(slots=True)
@@ -53,6 +82,8 @@ class Facts:
     """The engine container that served it (Modal), when the engine side says."""
     booted_at: float | None = None
     """Unix time that container began serving."""
+    up_since: float | None = None
+    """Unix time that container began costing: its start, or its restore from a snapshot."""
     engine_s: float = 0.0
     """Seconds the engine itself spent, as measured on the engine side."""
 
@@ -161,6 +192,10 @@ class EngineSetup(Protocol):
     def reasoning_parser(self) -> str | None: ...
     @property
     def chat_template(self) -> str | None: ...
+    @property
+    def runner(self) -> str:
+        """vLLM's ``--runner``: "generate" (chat, completions) or "pooling" (embeddings)."""
+        ...
 
 
 @runtime_checkable
@@ -170,3 +205,24 @@ class Describes(Protocol):
     A remote one does not declare it: the settings its GPU class is built from say there."""
 
     def engine_config(self) -> EngineSetup: ...
+
+
+@dataclass(slots=True)
+class ContainerLife:
+    """One engine container's (locally: one vLLM process's) life, as its GPU is billed: up
+    from ``up_since``, serving from ``ready_at``, gone at ``stopped_at`` (None: still up)."""
+
+    container: str
+    up_since: float
+    ready_at: float | None = None
+    stopped_at: float | None = None
+
+
+@runtime_checkable
+class Metered(Protocol):
+    """A transport that sees its engines start and stop (locally, the process it supervises),
+    so their up-time is measured rather than inferred from the replies' facts."""
+
+    def lives(self) -> list[ContainerLife]:
+        """Its engines' recent lives, oldest first; no I/O."""
+        ...

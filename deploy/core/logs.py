@@ -6,8 +6,13 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "configure_logging", "wake_cause"]
+
+wake_cause: ContextVar[str | None] = ContextVar("wake_cause", default=None)
+"""Who a call to an engine is for ("a request by key 'alice'"): the wrapper sets it per
+request; a transport that starts an engine for that call says so in its log."""
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 

@@ -39,10 +39,19 @@ class ModelInfo:
     """The Hub revision of ``tokenizer`` (a model id only)."""
     chat_template: str | None = None
     """The engine's ``--chat-template`` file; None: the tokenizer's own template."""
+    runner: str = "generate"
+    """vLLM's ``--runner``: "generate" (chat and text completions) or "pooling" (embeddings)."""
 
     @property
     def tool_calling(self) -> bool:
         return self.tool_parser is not None
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The OpenAI routes this model answers on."""
+        if self.runner == "pooling":
+            return ("/v1/embeddings",)
+        return ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
     @classmethod
     def from_engine_config(cls, config: Any, image_inputs: bool = False) -> ModelInfo:
@@ -57,11 +66,18 @@ class ModelInfo:
             tokenizer=config.model,
             revision=config.revision,
             chat_template=config.chat_template,
+            runner=config.runner,
         )
 
     def capabilities(self) -> dict[str, Any]:
         """What a client may rely on (the ``capabilities`` object of ``/v1/models``)."""
+        if self.runner == "pooling":
+            return {"task": "embedding", "endpoints": list(self.endpoints),
+                    "tool_calling": False, "structured_output": False,
+                    "token_counting": False}  # fmt: skip
         return {
+            "task": "generation",
+            "endpoints": list(self.endpoints),
             "tool_calling": self.tool_calling,
             "tool_parser": self.tool_parser,
             "structured_output": self.structured_output,

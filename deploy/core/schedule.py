@@ -174,6 +174,30 @@ class WarmSchedule:
             at = change if change > at else at + 60
         return total
 
+    def open_spans(self, start: float, end: float) -> list[tuple[float, float]]:
+        """The open stretches between ``start`` and ``end``, clipped, overlapping and
+        back-to-back windows merged: what ``open_seconds`` adds up, found window by window
+        (the advisor replays a month against many schedules; ``next_change`` asks every
+        window at every change)."""
+        spans: list[tuple[float, float]] = []
+        for window in self.windows:
+            length = window.length.total_seconds()
+            try:
+                at = window.last_start(start)
+                while at < end:
+                    if at + length > start:
+                        spans.append((max(at, start), min(at + length, end)))
+                    at = window.next_start(at)
+            except (CroniterError, OverflowError) as exc:
+                self._failed(window, exc)
+        merged: list[tuple[float, float]] = []
+        for a, b in sorted(spans):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
+
     def min_containers(self, ts: float, base: int = 0, lead: float = 0.0) -> int:
         """GPU containers to keep warm at ``ts``: one inside a window, and ``lead`` seconds
         before one opens (a boot's worth, so the GPU is warm when the window starts)."""

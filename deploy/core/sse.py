@@ -5,6 +5,8 @@ Encoding, OpenAI's streams as the wrapper sends them:
 
     data: {"id": ..., "choices": [...]}\\n\\n      ``encode(payload)``
     : keep-alive\\n\\n                             ``KEEP_ALIVE`` (a comment: clients skip it)
+    : vllm-autoscale-progress {...}\\n\\n          ``progress(payload)`` (a comment too: a cold
+                                                  start's progress, read by our client only)
     data: [DONE]\\n\\n                             ``DONE``
 
 Decoding follows the SSE specification (lines end with LF, CRLF or CR; a blank line ends an
@@ -31,6 +33,7 @@ from .errors import UpstreamError, error_from_body
 __all__ = [
     "DONE",
     "KEEP_ALIVE",
+    "PROGRESS",
     "Decoder",
     "Event",
     "JSONStream",
@@ -38,12 +41,16 @@ __all__ = [
     "encode",
     "error_of",
     "events",
+    "progress",
 ]
 
 DONE = b"data: [DONE]\n\n"
 """The end of an OpenAI stream."""
 KEEP_ALIVE = b": keep-alive\n\n"
 """A heartbeat comment: keeps proxies and clients on the line while the GPU wakes."""
+PROGRESS = b": vllm-autoscale-progress "
+"""The prefix of a progress comment. A comment, not an event: every SSE reader (the openai
+SDK, litellm, browsers) skips it; ``ChatVLLMAutoscale`` reads the JSON after the prefix."""
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -51,6 +58,11 @@ def encode(payload: Any, *, event: str | None = None) -> bytes:
     """One event whose data is ``payload`` as JSON (orjson's); ``event`` names its type."""
     head = b"event: " + event.encode() + b"\n" if event else b""
     return head + b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def progress(payload: Any) -> bytes:
+    """A progress comment carrying ``payload`` as JSON on one line."""
+    return PROGRESS + orjson.dumps(payload) + b"\n\n"
 
 
 def comment(text: str) -> bytes:

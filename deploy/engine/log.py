@@ -11,12 +11,15 @@ tail in the wrapper's log.
 from __future__ import annotations
 
 import collections
+import logging
 import re
 import sys
 import threading
 from typing import IO
 
 __all__ = ["OutputTee", "root_cause"]
+
+log = logging.getLogger("vllm_autoscale.engine.vllm")
 
 # "ValueError: ...", "torch.OutOfMemoryError: ...", after vLLM's and multiprocessing's
 # prefixes ("(EngineCore pid=12) ", "ERROR 11-24 10:00:00 [core.py:700] ").
@@ -45,14 +48,25 @@ class OutputTee:
         self._pipe, self._sink = pipe, sink
         self._tail: collections.deque[str] = collections.deque(maxlen=keep)
         self._lock = threading.Lock()
+        self._expected_exit = False
         self._thread = threading.Thread(target=self._run, name="vllm-output", daemon=True)
         self._thread.start()
+
+    def expect_exit(self) -> None:
+        """The process is being stopped on purpose (a scale-down): what it prints from now
+        on (vLLM logs its engine's shutdown as errors) is not the service's error. A log
+        file still gets it; stderr, shared with the wrapper's log, gets it at DEBUG only."""
+        self._expected_exit = True
 
     def _run(self) -> None:
         sink = self._sink if self._sink is not None else sys.stderr.buffer
         for raw in iter(self._pipe.readline, b""):
+            line = raw.decode(errors="replace").rstrip()
             with self._lock:
-                self._tail.append(raw.decode(errors="replace").rstrip())
+                self._tail.append(line)
+            if self._expected_exit and self._sink is None:
+                log.debug("vLLM while stopping: %s", line)
+                continue
             try:
                 sink.write(raw)
                 sink.flush()

@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from ..core.contract import RESPONSE_ENDS, engine_endpoint
 from ..core.errors import (
     EngineError,
     EngineRequestError,
@@ -101,6 +102,8 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.90
     enforce_eager: bool = True
     """Skip CUDA graph capture: boots in seconds instead of a minute, at some throughput cost."""
+    runner: str = "generate"
+    """vLLM's ``--runner``: "generate" (chat, completions) or "pooling" (an embedding model)."""
     tool_call_parser: str | None = None
     """vLLM's ``--tool-call-parser``; None: no tool calling."""
     chat_template: str | None = None
@@ -149,6 +152,8 @@ class EngineConfig:
         ]  # fmt: skip
         if self.revision:
             cmd += ["--revision", self.revision]
+        if self.runner != "generate":
+            cmd += ["--runner", self.runner]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
         if self.device == "cuda":
@@ -300,6 +305,8 @@ class VLLMEngine:
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM vLLM's server, SIGKILL its process group after ``grace`` seconds."""
         proc, self._process = self._process, None
+        if self._output is not None:
+            self._output.expect_exit()
         if proc is not None and proc.poll() is None:
             # The server alone: it stops its engine-core and worker processes in order (a
             # signal to the whole group kills them under it, and it logs a dead engine).
@@ -382,8 +389,12 @@ class VLLMEngine:
         return EngineUnavailable(f"the engine failed: {message}", retry_after=5)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One chat completion (``stream`` forced off); returns vLLM's JSON response."""
-        raw = await self._post("/v1/chat/completions", {**body, "stream": False}, "the request")
+        """One answer (``stream`` forced off) from the route the body is for (a chat
+        completion unless ``engine_endpoint`` says otherwise); returns vLLM's JSON."""
+        endpoint, body = engine_endpoint(body)
+        if endpoint != "/v1/embeddings":  # vLLM's embedding request has no `stream`
+            body = {**body, "stream": False}
+        raw = await self._post(endpoint, body, "the request")
         return orjson.loads(raw)  # type: ignore[no-any-return]
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -392,17 +403,22 @@ class VLLMEngine:
         An error that vLLM sends inside the stream is raised as an ``EngineError``.
         """
         self._check_alive()
+        endpoint, body = engine_endpoint(body)
         body = {**body, "stream": True}
         try:
-            async with self._client().post("/v1/chat/completions", json=body) as resp:
+            async with self._client().post(endpoint, json=body) as resp:
                 await self._raise_for_status(resp)
+                ended = False  # a Responses stream ends with its last event, not [DONE]
                 try:
                     async with JSONStream(resp.content.iter_any()) as chunks:
                         async for chunk in chunks:
                             yield chunk
+                            if chunk.get("type") in RESPONSE_ENDS:
+                                ended = True
+                                break
                 except UpstreamError as error:  # vLLM's error event, judged like its answers
                     raise await self._classify(error.status_code, error.message, None) from None
-                if not chunks.done:
+                if not chunks.done and not ended:
                     raise EngineUnavailable(
                         "the engine closed the stream before it finished", retry_after=5
                     )
@@ -498,6 +514,7 @@ def gpu_engine_config(settings: Settings) -> EngineConfig:
         max_num_seqs=settings.max_num_seqs,
         tensor_parallel_size=settings.tp_size,
         enforce_eager=settings.enforce_eager,
+        runner=settings.engine_runner,
         tool_call_parser=settings.tool_parser,
         chat_template=settings.chat_template_path,
         reasoning_parser=settings.reasoning,

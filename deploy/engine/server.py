@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from pathlib import Path
 from typing import Any
 
-from ..core.contract import BatchResults, Facts, Reply
+from ..core.contract import ENDPOINT_KEY, BatchResults, Facts, Reply
 from ..core.errors import EngineRequestError, EngineStartError, EngineUnavailable
 from .process import EngineConfig, VLLMEngine
 
@@ -39,6 +39,7 @@ _NOT_NEEDED = ["original/*", "*.pth", "*.pt", "*.bin", "*.gguf", "*.msgpack", "*
 # An adapter repo is small; only intermediate training checkpoints are worth skipping.
 _ADAPTER_NOT_NEEDED = ["checkpoint-*/*", "*.gguf", "*.onnx"]
 _WARMUP_BODY = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+_WARMUP_EMBEDDING = {ENDPOINT_KEY: "/v1/embeddings", "input": "Hello"}
 
 
 def fetch_weights(model: str, revision: str | None = None) -> str:
@@ -112,6 +113,8 @@ class InferenceServer:
         """Requests sent before a snapshot, so that it holds warmed kernels and caches."""
         self.container_id = ""
         self.booted_at = 0.0
+        self.up_since = time.time()
+        """When this container began costing: its start, or its restore (``wake_from_snapshot``)."""
         self.served = 0
         self.adapters: dict[str, str] = {}
         """LoRA adapters this container's engine serves: name -> source (as declared or
@@ -127,6 +130,7 @@ class InferenceServer:
         return Facts(
             container=self.container_id,
             booted_at=self.booted_at,
+            up_since=self.up_since,
             engine_s=time.monotonic() - started,
         )
 
@@ -151,13 +155,15 @@ class InferenceServer:
     async def start_for_snapshot(self) -> None:
         """Start, warm up, then put vLLM to sleep: the snapshot holds a booted engine."""
         await self._start_engine()
+        pooling = self.config.runner == "pooling"  # an embedding model has no chat route
         for _ in range(self.warmup_requests):
-            await self.engine.chat(_WARMUP_BODY)
+            await self.engine.chat(_WARMUP_EMBEDDING if pooling else _WARMUP_BODY)
         await self.engine.sleep(level=1)
         # No pooled connection may cross the snapshot: the restored process reconnects.
         await self.engine.aclose()
 
     async def wake_from_snapshot(self) -> None:
+        self.up_since = time.time()  # a restored container is billed from its restore
         await self.engine.wake_up()
         self.begin_serving()
 

@@ -31,6 +31,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlparse
 
@@ -38,19 +39,38 @@ import orjson
 
 from ..core.errors import StoreUnavailable
 from ..settings.settings import Settings
+from .allocation import UNALLOCATED, Allocation, Life, allocate, by_model, merge_lives
 from .cache import CacheLookup, ResponseCache, canonical_json
 from .keys import KeyRecord, KeyRing, load_file, new_key, parse_entries
-from .ledger import Ledger, seconds_to_next_month
-from .limiter import LimitExceeded, RateLimits, Ticket
+from .ledger import Ledger, UsageRow, seconds_to_next_month
+from .limiter import CompletionSizes, LimitExceeded, RateLimits, Ticket
 from .spill import Spill
-from .store import SEALED, StateStore, StoreHealth, describe, open_store
+from .store import (
+    FORMAT,
+    SEALED,
+    STATE_FORMAT,
+    StateStore,
+    StoreHealth,
+    describe,
+    open_store,
+)
+from .uptime import TABLE as UPTIME
+from .uptime import LifeRecord, UptimeMeter
 
-__all__ = ["DEFAULT_LOCAL_STATE", "Admission", "Gateway", "configured_keys", "prompt_estimate"]
+__all__ = [
+    "DEFAULT_LOCAL_STATE",
+    "Admission",
+    "Gateway",
+    "configured_keys",
+    "month_start",
+    "prompt_estimate",
+]
 
 log = logging.getLogger("vllm_autoscale.gateway")
 DEFAULT_LOCAL_STATE = "sqlite:///~/.local/state/vllm-autoscale/gateway.sqlite3"
-_RESERVE_DEFAULT = 1024  # tokens reserved for a request that sets no max_tokens
+_COMPLETION_FIRST = 256  # completion tokens an uncapped request holds before its key has a history
 _COST_FLOOR_S = 10.0  # GPU seconds an admitted request is assumed to cost, at least
+_ALLOCATE_EVERY_S = 10.0  # budgets' allocated spend is read again this often (a month's lives)
 _MAX_BACKOFF_S = 30.0  # longest pause between sync attempts while the store fails
 
 
@@ -72,6 +92,29 @@ def configured_keys(settings: Settings) -> list[KeyRecord]:
     if settings.api_keys_file is not None:
         records += load_file(settings.api_keys_file)
     return records
+
+
+def _month(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m")
+
+
+def month_start(ts: float) -> float:
+    """The start of ``ts``'s UTC month (Unix time)."""
+    day = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return day.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def _month_starts(first: float, last: float) -> list[float]:
+    """The start of every UTC month from ``first``'s to ``last``'s."""
+    starts, t = [], month_start(first)
+    while t <= last:
+        starts.append(t)
+        t = month_start(t + 32 * 86400)
+    return starts
+
+
+def _day_start(date: str) -> float:
+    return datetime.fromisoformat(date).replace(tzinfo=timezone.utc).timestamp()
 
 
 def prompt_estimate(body: Mapping[str, Any]) -> int:
@@ -128,6 +171,13 @@ class Gateway:
         self.writer = _writer_id()
         self.limits = RateLimits()
         self.ledger = Ledger(self.store, self.writer, clock)
+        self.uptime = UptimeMeter(self.writer, clock)
+        self._prices: dict[str, float] = {}  # served model -> GPU dollars a second
+        self._lives: list[Life] = []  # every wrapper's, as of the last allocation
+        self._allocated_at = float("-inf")
+        self.store_format: int | None = None  # the store's documents' format, once read
+        self._gpu: dict[str, dict[str, Any]] = {}  # gpu_summary's figures, as of that read
+        self._boots: dict[str, list[tuple[float, float]]] = {}  # model -> (start, boot s)
         self.cache = (
             ResponseCache(settings.cache_max_entries, settings.cache_max_bytes,
                           settings.cache_ttl, settings.cache_shared)
@@ -148,6 +198,8 @@ class Gateway:
         self._books_scheduled = False
         self._in_flight_usd: dict[str, float] = {}
         self._recent_costs: deque[float] = deque(maxlen=32)
+        self.completions = CompletionSizes(first=_COMPLETION_FIRST)
+        """Each key's recent completion sizes: what an uncapped request reserves of ``tpm``."""
 
     # -- after an answer is sent ------------------------------------------------------------------
 
@@ -232,12 +284,14 @@ class Gateway:
             self._step("write spilled rows", lambda: self.spill.replay(self.store))  # type: ignore[union-attr]
         if self._seal_pending:
             self._step("write seal", self._seal)
+        self._step("read format", self._check_format)
         # Keys first (who may call), then what budgets and limits need: a restarted wrapper
         # knows the month's spend and its peers' counts before its first request.
         read = [
             self._step("read keys", self._read_keys),
             self._step("read spend", self._read_spend),
             self._step("read limits", self._read_limits),
+            self._step("read uptime", self._read_allocation),
         ]
         if all(read):
             self.health.ok()
@@ -292,10 +346,12 @@ class Gateway:
                 raise self._unavailable(f"key {caller.name!r}'s spend against its budget")
             held = self._in_flight_usd.get(caller.name, 0.0)
             if self.ledger.month_spend(caller.name) + held >= budget:
-                raise LimitExceeded(caller.name, "monthly_budget_usd", budget,
-                                    seconds_to_next_month(self.clock()))  # fmt: skip
+                now = self.clock()
+                wait = seconds_to_next_month(now)
+                resets = datetime.fromtimestamp(round(now + wait), tz=timezone.utc)
+                raise LimitExceeded(caller.name, "monthly_budget_usd", budget, wait, resets)
             usd = self.cost_estimate() * max(1, len(bodies))
-        tokens = sum(self.reserve(b) for b in bodies) if caller.tpm is not None else 0
+        tokens = sum(self.reserve(b, caller.name) for b in bodies) if caller.tpm is not None else 0
         ticket = self.limits.admit(caller, len(bodies), tokens, stream)
         if usd:
             self._in_flight_usd[caller.name] = self._in_flight_usd.get(caller.name, 0.0) + usd
@@ -318,16 +374,29 @@ class Gateway:
         recent = statistics.fmean(self._recent_costs) if self._recent_costs else 0.0
         return max(floor, recent)
 
-    def reserve(self, body: dict[str, Any]) -> int:
-        """Tokens to hold for a request: its prompt and tools (about 4 bytes a token) and its
-        output cap for each of its ``n`` choices."""
+    def reserve(self, body: dict[str, Any], key: str | None = None) -> int:
+        """Tokens to hold for a request: its prompt and tools (about 4 bytes a token) and, for
+        each of its ``n`` choices, its output cap. Without a cap the engine may write up to
+        the rest of the context, but holding that would take a small key's whole minute:
+        it holds a realistic completion instead (``VLLM_TPM_COMPLETION_RESERVE``, else the
+        95th percentile of ``key``'s recent ones), at most the rest of the context. Usage
+        over the hold becomes the key's token debt when it is settled."""
         prompt = prompt_estimate(body)
         if body.get("tools"):
             prompt += len(canonical_json(body["tools"])) // 4
-        output = body.get("max_tokens") or body.get("max_completion_tokens")
+        cap = (body.get("max_tokens") or body.get("max_completion_tokens")
+               or self.settings.default_max_tokens)  # fmt: skip
         choices = body.get("n")
         choices = choices if isinstance(choices, int) and choices > 1 else 1
-        output = int(output or self.settings.default_max_tokens or _RESERVE_DEFAULT)
+        if cap:
+            output = int(cap)
+        else:
+            s = self.settings
+            expected = s.tpm_completion_reserve
+            if expected is None:
+                expected = self.completions.p95(key)
+            context = s.max_model_len or s.preset.max_model_len
+            output = max(0, min(expected, context - prompt))
         return prompt + choices * output
 
     # -- after the GPU ---------------------------------------------------------------------------
@@ -349,6 +418,152 @@ class Gateway:
         )  # fmt: skip
         if not cache_hit and usd > 0:
             self._recent_costs.append(usd / max(1, requests))
+        if not cache_hit and usage:  # what the key's uncapped requests will reserve
+            completion = usage.get("completion_tokens")
+            if isinstance(completion, int):
+                self.completions.add(caller.name, completion, requests)
+
+    # -- GPU up-time: the bill, shared (uptime.py, allocation.py) --------------------------------
+
+    def meter(self, model: str, transport: object, settings: Settings) -> None:
+        """Meter a served model's engine containers, priced at its GPU's price."""
+        self._prices[model] = settings.gpu_price_per_hour * settings.gpu_count / 3600
+        self.uptime.watch(model, transport, float(settings.scaledown_window))
+
+    def price_per_second(self, model: str) -> float:
+        s = self.settings
+        return self._prices.get(model, s.gpu_price_per_hour * s.gpu_count / 3600)
+
+    def _life_records(self, since: float | None) -> list[LifeRecord]:
+        """Every writer's records of the lives that may overlap [since, now]: the store's,
+        with this wrapper's own from memory (fresher). Blocking."""
+        now = self.clock()
+        if since is None:
+            prefixes = [""]
+        else:  # a life is filed under the month it began: one may span into the next
+            first = month_start(since) - 1
+            prefixes = sorted({_month(t) + "|" for t in _month_starts(first, now)})
+        own = {r.container: r for r in self.uptime.records()}
+        mine = f"|{self.writer}"
+        records = [
+            LifeRecord.from_doc(doc)
+            for prefix in prefixes
+            for name, doc in self.store.items(UPTIME, prefix)
+            if not (name.endswith(mine) and doc.get("container") in own)
+        ]
+        return records + list(own.values())
+
+    def lives(self, since: float | None = None, project: bool = False) -> list[Life]:
+        """The engine containers' lives (every wrapper's view merged), those that ended
+        before ``since`` left out. Blocking: reads the store."""
+        lives = merge_lives(self._life_records(since), self.clock(), project)
+        return [life for life in lives if since is None or life.end >= since]
+
+    def allocation(
+        self, start: float | None = None, end: float | None = None, project: bool = False
+    ) -> dict[tuple[str, str, str], Allocation]:
+        """(day, model, key) -> its share of the GPU's up-time in [start, end). Blocking."""
+        policy = self.settings.gpu_cost_allocation
+        return allocate(self.lives(start, project), policy, start, end)
+
+    def arrivals(self, model: str, since: float) -> list[float]:
+        """Arrival times of the requests ``model``'s engines served since ``since`` (Unix
+        time, sorted): the traffic the window advisor replays. Blocking."""
+        return sorted(a for life in self.lives(since) if life.model == model
+                      for a in life.arrivals if a >= since)  # fmt: skip
+
+    def _read_allocation(self) -> None:
+        """This month's allocated cost per key, for budgets: open lives counted to their
+        expected stop (the tail a request causes is held at once). And the GPU figures of
+        ``gpu_summary`` (open lives up to now)."""
+        now = self.clock()
+        start = month_start(now)
+        records = self._life_records(start)
+        policy = self.settings.gpu_cost_allocation
+        usd: dict[str, float] = {}
+        projected = allocate(merge_lives(records, now, project=True), policy, start)
+        for (_, model, key), share in projected.items():
+            if key != UNALLOCATED:
+                usd[key] = usd.get(key, 0.0) + share.gpu_seconds * self.price_per_second(model)
+        self.ledger.set_allocated(_month(now), usd)
+        lives = merge_lives(records, now)
+        self._gpu = self.gpu_summary(lives, now)
+        boots: dict[str, list[tuple[float, float]]] = {}
+        for life in lives:  # sorted by start
+            if life.ready_at is not None:
+                boots.setdefault(life.model, []).append(
+                    (life.up_since, life.ready_at - life.up_since)
+                )
+        self._boots = {model: seconds[-20:] for model, seconds in boots.items()}
+        self._allocated_at = time.monotonic()
+
+    def boot_times(self, model: str) -> list[float]:
+        """Seconds ``model``'s recent engine boots took (every wrapper's, this month, oldest
+        first), as of the last sync that read them, with this wrapper's own since."""
+        known = self._boots.get(model, [])
+        last = known[-1][0] if known else float("-inf")
+        # This wrapper's boots since that read (the meter has them at once).
+        fresh = sorted(
+            (r.up_since, r.ready_at - r.up_since)
+            for r in self.uptime.records()
+            if r.model == model and r.ready_at is not None and r.up_since > last
+        )
+        return [seconds for _, seconds in known + fresh]
+
+    def gpu_summary(self, lives: list[Life], now: float) -> dict[str, dict[str, Any]]:
+        """Per model: today's and this month's GPU up-time (busy, boot, idle) and what it
+        cost, what went to keys and what did not, and always-on for the month so far."""
+        policy = self.settings.gpu_cost_allocation
+        month, today = month_start(now), now - now % 86400
+        periods = {"today": by_model(allocate(lives, policy, today)),
+                   "month": by_model(allocate(lives, policy, month))}  # fmt: skip
+        out: dict[str, dict[str, Any]] = {}
+        for model in sorted(set(self._prices) | {life.model for life in lives}):
+            per_s = self.price_per_second(model)
+            out[model] = {"price_per_hour_usd": round(per_s * 3600, 6)}
+            for period, figures in periods.items():
+                f = figures.get(model) or {"up_s": 0.0, "busy_s": 0.0, "boot_s": 0.0,
+                                           "idle_s": 0.0, "allocated_s": 0.0}  # fmt: skip
+                up = f["up_s"]
+                out[model][period] = {
+                    **{k: round(f[k], 3) for k in ("up_s", "busy_s", "boot_s", "idle_s")},
+                    "busy_share": round(f["busy_s"] / up, 4) if up else None,
+                    "idle_share": round(f["idle_s"] / up, 4) if up else None,
+                    "cost_usd": round(up * per_s, 6),
+                    "allocated_usd": round(f["allocated_s"] * per_s, 6),
+                    "unallocated_usd": round((up - f["allocated_s"]) * per_s, 6),
+                }
+            out[model]["month"]["always_on_usd"] = round((now - month) * per_s, 6)
+        return out
+
+    def gpu_cached(self) -> dict[str, dict[str, Any]]:
+        """``gpu_summary`` as of the last sync that read it (``/status``, ``/metrics``)."""
+        return self._gpu
+
+    def usage(self, key: str | None, start: str | None, end: str | None) -> list[UsageRow]:
+        """``GET /v1/usage``'s rows: the ledger's requests and tokens per (day, key, model),
+        with the GPU's up-time allocated to each (``gpu_seconds``, ``cost_usd``, split into
+        busy, boot and idle) and one ``(unallocated)`` row per model and day where some is
+        not a key's. Rows whose requests reported no container (a transport that does not
+        say) keep their requests' own seconds and cost. Blocking."""
+        rows = {(r.date, r.key, r.model): r for r in self.ledger.query(key, start, end)}
+        for row in rows.values():
+            row.engine_seconds = row.busy_seconds = row.gpu_seconds
+        t0 = _day_start(start) if start else None
+        t1 = _day_start(end) + 86400 if end else None
+        shares = {(day, k, model): share
+                  for (day, model, k), share in self.allocation(t0, t1).items()
+                  if key is None or k == key}  # fmt: skip
+        for ident, share in shares.items():
+            row = rows.get(ident)
+            if row is None:
+                row = rows[ident] = UsageRow(*ident)
+            row.busy_seconds, row.boot_seconds, row.idle_seconds = (
+                share.busy_seconds, share.boot_seconds, share.idle_seconds)  # fmt: skip
+            row.gpu_seconds = share.gpu_seconds
+            row.cost_usd = share.gpu_seconds * self.price_per_second(ident[2])
+            row.provisional = share.provisional
+        return [rows[i] for i in sorted(rows)]
 
     # -- key management (admin routes) -----------------------------------------------------------
 
@@ -364,6 +579,20 @@ class Gateway:
         self.keys.add_stored(record)
         return token, self.keys.get(record.name) or record
 
+    def update_key(self, name: str, changes: Mapping[str, Any]) -> KeyRecord:
+        """Change a stored key's role or limits in place (a limit set to None takes the
+        ``VLLM_DEFAULT_*`` one again); its secret stays. Blocking (the store): the stored
+        document is read afresh and rewritten whole, and other wrappers take it at their
+        next sync. ``KeyError`` when the store holds no such key."""
+        doc = self.store.get("keys", name)
+        if doc is None:
+            raise KeyError(name)
+        entry = {k: v for k, v in doc.items() if k != "source"}
+        (record,) = parse_entries([{**entry, **changes, "name": name}], "store")
+        self.store.put_many("keys", {name: record.to_doc()})
+        self.keys.add_stored(record)
+        return self.keys.get(name) or record
+
     def revoke_key(self, name: str) -> bool:
         """Remove a stored key; blocking. Other wrappers drop it at their next sync."""
         removed = self.store.delete("keys", name)
@@ -371,6 +600,20 @@ class Gateway:
         return removed
 
     # -- the state store -------------------------------------------------------------------------
+
+    def _check_format(self) -> None:
+        """Mark the store with this code's format if it has none; say so if it is newer."""
+        doc = self.store.get("meta", FORMAT)
+        found = int((doc or {}).get("version", 0))
+        if found > STATE_FORMAT:
+            log.warning("the state store (%s) is in format %d, newer than this wrapper's %d "
+                        "(a rollback?): its documents are read as they are",
+                        describe(self.store_url), found, STATE_FORMAT)  # fmt: skip
+        elif doc is None or found < STATE_FORMAT:
+            mark = {"version": STATE_FORMAT, "from": found, "at": time.time(), "by": self.writer}
+            self.store.put_many("meta", {FORMAT: mark})
+            found = STATE_FORMAT
+        self.store_format = found
 
     def _seal(self) -> None:
         self.store.put_many("meta", {SEALED: {"at": time.time(), "by": self.writer}})
@@ -430,9 +673,12 @@ class Gateway:
             self._step("read spend", self._read_spend),
             self._step("write ledger", self.ledger.flush),
             self._step("write limits", self._write_limits),
+            self._step("write uptime", lambda: self.uptime.flush(self.store)),
         ]
         if self._seal_pending:
             results.append(self._step("write seal", self._seal))
+        if time.monotonic() - self._allocated_at >= _ALLOCATE_EVERY_S:
+            results.append(self._step("read uptime", self._read_allocation))
         ok = all(results)
         if ok:
             self.health.ok()
@@ -464,6 +710,7 @@ class Gateway:
         """What ``/status`` shows of the store (no key, no hash)."""
         return {
             "url": describe(self.store_url),
+            "format": self.store_format,
             "open": self.is_open(),
             "keys_read_s_ago": (
                 None if self._keys_read_at is None
@@ -486,7 +733,9 @@ class Gateway:
         await asyncio.to_thread(self._final_flush)
 
     def _final_flush(self) -> None:
-        if not self._step("write ledger", self.ledger.flush):
+        self.uptime.close_exact()  # the engines this wrapper supervises stop with it
+        wrote_uptime = self._step("write uptime", lambda: self.uptime.flush(self.store))
+        if not self._step("write ledger", self.ledger.flush) or not wrote_uptime:
             self._spill()
         self._step("write limits", lambda: self.store.delete("limits", self.writer))
         with contextlib.suppress(Exception):
@@ -494,9 +743,12 @@ class Gateway:
 
     def _spill(self) -> None:
         pending = self.ledger.unflushed()
+        lives = self.uptime.unflushed()
+        if lives:
+            pending[UPTIME] = lives
         if not pending:
             return
-        rows = len(pending["ledger"])
+        rows = len(pending.get("ledger", {})) + len(lives)
         if self.spill is not None:
             try:
                 path = self.spill.keep(self.writer, pending)

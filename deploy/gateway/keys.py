@@ -5,7 +5,8 @@ leaked keys file or state store gives nobody a working key). Where keys come fro
 
 - ``VLLM_WRAPPER_API_KEY``: the seed's one key, the key named ``default`` (role admin);
 - ``VLLM_API_KEYS``: a JSON list of key entries, from the environment or the Modal Secret;
-- ``VLLM_API_KEYS_FILE``: a TOML (``[[keys]]`` tables) or JSON file of key entries;
+- ``VLLM_API_KEYS_FILE``: a TOML (``[[keys]]`` tables) or JSON file of key entries, told
+  apart by content (whatever its name);
 - admin routes (``POST /v1/keys``): kept in the state store, seen by every wrapper.
 
 An entry: ``{"name", "key" or "sha256", "role": "user"|"admin", "rpm", "tpm",
@@ -27,7 +28,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ANONYMOUS", "KeyRecord", "KeyRing", "hash_key", "new_key", "parse_entries"]
+__all__ = [
+    "ANONYMOUS",
+    "KeyRecord",
+    "KeyRing",
+    "KeysFileError",
+    "hash_key",
+    "load_file",
+    "new_key",
+    "parse_entries",
+]
 
 Role = Literal["user", "admin"]
 KEY_PREFIX = "vak-"
@@ -108,18 +118,54 @@ def parse_entries(entries: Iterable[Any], source: str) -> list[KeyRecord]:
     return records
 
 
-def load_file(path: Path) -> list[KeyRecord]:
-    text = Path(path).expanduser().read_text()
-    if str(path).endswith(".toml"):
-        if sys.version_info < (3, 11):
-            raise ValueError(f"{path}: TOML keys files need Python 3.11+; write it as JSON")
-        import tomllib  # noqa: PLC0415 - tomllib is Python 3.11+; read only for a .toml keys file
+class KeysFileError(ValueError):
+    """A keys file that cannot be read or loaded: one line naming the file."""
 
-        data: Any = tomllib.loads(text)
-    else:
-        data = json.loads(text)
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _parse_keys_file(text: str, path: str) -> Any:
+    """JSON if it parses as JSON, else TOML: the content decides, not the file's name
+    (``keys.txt`` or a Secret mounted without a suffix load too)."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        json_error = _one_line(exc)
+    if sys.version_info < (3, 11):
+        raise KeysFileError(
+            f"keys file {path} is not JSON ({json_error}); TOML keys files need Python 3.11+"
+        )
+    import tomllib  # noqa: PLC0415 - tomllib is Python 3.11+; read only for a TOML keys file
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise KeysFileError(
+            f"keys file {path} is neither JSON ({json_error}) nor TOML ({_one_line(exc)})"
+        ) from None
+
+
+def load_file(path: Path) -> list[KeyRecord]:
+    """A keys file's entries: ``[[keys]]`` tables (TOML), or a JSON list (or ``{"keys":
+    [...]}``). Any failure is a ``KeysFileError`` naming the file, on one line."""
+    shown = str(path)
+    try:
+        text = Path(path).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
+        raise KeysFileError(f"keys file {shown} cannot be read: {reason}") from None
+    data = _parse_keys_file(text, shown)
     entries = data.get("keys", []) if isinstance(data, dict) else data
-    return parse_entries(entries, str(path))
+    if not isinstance(entries, list):
+        raise KeysFileError(
+            f"keys file {shown} holds no list of key entries ([[keys]] tables or a JSON list)"
+        )
+    try:
+        return parse_entries(entries, shown)
+    except ValueError as exc:
+        raise KeysFileError(f"keys file {_one_line(exc)}") from None
 
 
 class KeyRing:

@@ -33,6 +33,10 @@ COUNTERS = (
     "cold_starts",
     "cost_usd",
     "estimated",
+    "engine_seconds",
+    "busy_seconds",
+    "boot_seconds",
+    "idle_seconds",
 )
 
 
@@ -56,15 +60,28 @@ class UsageRow:
     estimated: int = 0
     """Of ``requests``, those whose tokens the wrapper counted itself (a stream dropped or
     failed before the engine's usage chunk, or a fallback that sent none)."""
+    # As ``GET /v1/usage`` reports a row (see Gateway.usage): ``gpu_seconds`` and ``cost_usd``
+    # are then the GPU's up-time allocated to the row (busy + boot + idle), and
+    # ``engine_seconds`` the requests' own engine time. Stored rows keep the requests' own
+    # seconds and cost in ``gpu_seconds`` and ``cost_usd``.
+    engine_seconds: float = 0.0
+    busy_seconds: float = 0.0
+    boot_seconds: float = 0.0
+    idle_seconds: float = 0.0
+    provisional: bool = False
+    """Its allocation draws on a container still up: it grows until that one stops."""
 
     def add(self, other: UsageRow | dict[str, Any]) -> None:
         get = other.get if isinstance(other, dict) else lambda n, d=0: getattr(other, n)
         for name in COUNTERS:
             setattr(self, name, getattr(self, name) + (get(name, 0) or 0))
+        self.provisional = self.provisional or bool(get("provisional", False))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["gpu_seconds"] = round(data["gpu_seconds"], 4)
+        for name in ("gpu_seconds", "engine_seconds", "busy_seconds", "boot_seconds",
+                     "idle_seconds"):  # fmt: skip
+            data[name] = round(data[name], 4)
         data["cost_usd"] = round(data["cost_usd"], 8)
         return data
 
@@ -90,6 +107,8 @@ class Ledger:
         self._spend: dict[tuple[str, str], float] = {}  # (month, key): this writer's cost
         self._peer_spend: dict[str, float] = {}
         self._peer_month = ""
+        self._allocated: tuple[str, dict[str, float], dict[str, float]] | None = None
+        """(month, each key's allocated cost, this writer's own spend then): see month_spend."""
         self.spend_known = False
         """Whether other writers' spend was read once: a budget is not checked blind."""
 
@@ -147,10 +166,23 @@ class Ledger:
         return {key: usd for (m, key), usd in list(self._spend.items()) if m == month}
 
     def month_spend(self, key: str) -> float:
-        """The key's cost this UTC month, every writer's (others' as of the last refresh)."""
+        """The key's cost this UTC month, every writer's (others' as of the last refresh):
+        the GPU up-time allocated to it (its share of boot, busy and idle, the tail its
+        requests will cause included) plus what it was booked since that allocation, or the
+        requests' own cost if that is more (a transport that reports no containers)."""
         month = self._month()
         peers = self._peer_spend.get(key, 0.0) if self._peer_month == month else 0.0
-        return self._spend.get((month, key), 0.0) + peers
+        own = self._spend.get((month, key), 0.0)
+        by_request = own + peers
+        if self._allocated is None or self._allocated[0] != month:
+            return by_request
+        _, allocated, own_then = self._allocated
+        return max(by_request, allocated.get(key, 0.0) + max(0.0, own - own_then.get(key, 0.0)))
+
+    def set_allocated(self, month: str, usd: dict[str, float]) -> None:
+        """Each key's allocated cost this month, every writer's, as read now."""
+        with self._lock:
+            self._allocated = (month, dict(usd), self._own_spend(month))
 
     # -- the store (blocking: called from a worker thread) -------------------------------------
 
@@ -228,4 +260,5 @@ def total(rows: list[UsageRow]) -> dict[str, Any]:
     for row in rows:
         acc.add(row)
     data = acc.to_dict()
-    return {f.name: data[f.name] for f in fields(acc) if f.name in COUNTERS}
+    return {**{f.name: data[f.name] for f in fields(acc) if f.name in COUNTERS},
+            "provisional": acc.provisional}  # fmt: skip

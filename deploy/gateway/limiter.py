@@ -9,9 +9,10 @@ sync); ``get`` adds them in, so a key's limit holds across wrapper containers to
 sync interval.
 
 Tokens per minute reserve ``prompt + max_tokens`` when a request is admitted (the prompt
-estimated from its size: no tokenizer on the hot path) and settle on the real usage when it
-completes, as OpenAI's limits do: what was reserved and not used is given back to the window
-it was reserved in (a window already gone takes it harmlessly).
+estimated from its size: no tokenizer on the hot path; without ``max_tokens``, a realistic
+completion, ``CompletionSizes``) and settle on the real usage when it completes, as
+OpenAI's limits do: what was reserved and not used is given back to the window it was
+reserved in (a window already gone takes it harmlessly).
 
 Usage over the reservation (an estimate that was low) is not put in a window: a request
 that outlives its minute (a cold start, a long stream, a batch) would charge a window that
@@ -32,9 +33,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Literal
 
@@ -45,7 +47,7 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 from ..core.errors import ServiceError
 from .keys import KeyRecord
 
-__all__ = ["LimitExceeded", "RateLimits", "Ticket"]
+__all__ = ["CompletionSizes", "LimitExceeded", "RateLimits", "Ticket"]
 
 LimitName = Literal["rpm", "tpm", "max_streams", "monthly_budget_usd"]
 _DESCRIBE = {
@@ -65,12 +67,25 @@ class LimitExceeded(ServiceError):
 
     status_code = HTTPStatus.TOO_MANY_REQUESTS
 
-    def __init__(self, key: str, limit: LimitName, allowed: float, retry_after: float) -> None:
+    def __init__(
+        self,
+        key: str,
+        limit: LimitName,
+        allowed: float,
+        retry_after: float,
+        resets_at: datetime | None = None,
+    ) -> None:
         self.key, self.limit, self.allowed = key, limit, allowed
         wait = max(1, math.ceil(retry_after))
         what = _DESCRIBE[limit]
+        # A wait of days reads better as the date it ends (``Retry-After`` keeps the seconds).
+        when = (
+            f"it resets {resets_at.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+            if resets_at is not None
+            else f"retry after {wait} s"
+        )
         super().__init__(
-            f"key {key!r} is over its {what} ({limit}={allowed:g}); retry after {wait} s",
+            f"key {key!r} is over its {what} ({limit}={allowed:g}); {when}",
             error_type=limit,
             retry_after=wait,
         )
@@ -123,6 +138,14 @@ class _SharedStorage(MemoryStorage):
         return out
 
 
+class _PerMinute(RateLimitItemPerMinute):
+    """A per-minute limit whose counters are named without its amount: a key's limit
+    changed in place (``PATCH /v1/keys``) counts what the key took this minute already."""
+
+    def key_for(self, *identifiers: bytes | str | int | float) -> str:
+        return "/".join([self.namespace, *(str(i) for i in identifiers), "minute"])
+
+
 def _wall_clock() -> float:
     return time.time()  # looked up at each call: a test may stand in for ``time``
 
@@ -162,6 +185,35 @@ class _Debt:
 
     def rebase(self, now: float) -> None:
         self.own, self.as_of = self.own_left(now), now
+
+
+class CompletionSizes:
+    """Each key's last completions (tokens a request), for what a request without an output
+    cap is expected to produce: their 95th percentile, or ``first`` before any is known."""
+
+    def __init__(self, keep: int = 100, first: int = 256) -> None:
+        self.keep, self.first = keep, first
+        self._sizes: dict[str, deque[int]] = {}
+        self._p95: dict[str, int] = {}  # computed once per change, asked on every admission
+
+    def add(self, key: str, tokens: int, requests: int = 1) -> None:
+        """``requests`` completions of ``tokens`` in all (a batch's share: its mean each)."""
+        if requests < 1 or tokens < 0:
+            return
+        sizes = self._sizes.get(key)
+        if sizes is None:
+            sizes = self._sizes[key] = deque(maxlen=self.keep)
+        sizes.extend([round(tokens / requests)] * min(requests, self.keep))
+        self._p95.pop(key, None)
+
+    def p95(self, key: str | None) -> int:
+        if key is None or not self._sizes.get(key):
+            return self.first
+        value = self._p95.get(key)
+        if value is None:
+            ordered = sorted(self._sizes[key])
+            value = self._p95[key] = ordered[math.ceil(0.95 * len(ordered)) - 1]
+        return value
 
 
 @dataclass
@@ -204,7 +256,7 @@ class RateLimits:
     def _per_minute(self, amount: int) -> RateLimitItem:
         item = self._items.get(amount)
         if item is None:
-            item = self._items[amount] = RateLimitItemPerMinute(amount)
+            item = self._items[amount] = _PerMinute(amount)
         return item
 
     def _retry_after(self, item: RateLimitItem, ident: str) -> float:

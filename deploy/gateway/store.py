@@ -29,7 +29,9 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 __all__ = [
+    "FORMAT",
     "SEALED",
+    "STATE_FORMAT",
     "MemoryStore",
     "ModalDictStore",
     "SQLiteStore",
@@ -40,10 +42,16 @@ __all__ = [
 ]
 
 Doc = dict[str, Any]
-TABLES = ("ledger", "spend", "limits", "keys", "meta")
+TABLES = ("ledger", "spend", "limits", "keys", "meta", "uptime")
 SEALED = "sealed"
 """The ``meta`` document a store gets when it first holds a key: from then on no wrapper on
 that store is ever open, even once every key is gone (gateway.py)."""
+FORMAT = "format"
+"""The ``meta`` document that says which format the store's documents are in."""
+STATE_FORMAT = 1
+"""The documents' format this code writes. 0 (no ``format`` document): before the mark, the
+same tables but ``uptime``, read as they are; 1: the ``uptime`` table and the mark. A wrapper
+reads every format up to its own; a store marked newer is used as it is, and said so."""
 
 
 class StateStore(Protocol):

@@ -20,7 +20,7 @@ of them). So
     share waiting = (1 + λB) / (λB + e^{λW})     (= e^{-λW} with an instant boot)
 
 ``warm_schedule_cost`` prices a warm schedule: its open hours over a month, from a fixed
-Monday, at the GPU's price (deploy/ops/advisor.py adds what scaling to zero costs outside).
+Monday, at the GPU's price (deploy/core/advisor.py adds what scaling to zero costs outside).
 """
 
 from __future__ import annotations
@@ -29,14 +29,21 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..core.schedule import WarmSchedule
-
+# The inputs and the warm schedule's price are pure, shared with the advisor's replay.
+from ..core.advisor import (
+    DAYS_PER_MONTH,
+    MONTH_START,
+    CostInputs,
+    ScheduleCost,
+    warm_schedule_cost,
+)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # deploy/: prices.json lives there
 __all__ = [
+    "DAYS_PER_MONTH",
+    "MONTH_START",
     "PRESETS",
     "CostInputs",
     "CostReport",
@@ -49,26 +56,7 @@ __all__ = [
     "warm_schedule_cost",
 ]
 
-DAYS_PER_MONTH = 30
 HOURS_PER_DAY = 24.0
-MONTH_START = 1704067200.0
-"""2024-01-01 00:00 UTC, a Monday: where a schedule's month is counted from, so that a
-weekday schedule always gets the same weekdays (22 of them) and the same price."""
-
-
-@dataclass(frozen=True)
-class CostInputs:
-    gpu_price_per_hour: float
-    """Per GPU."""
-    gpu_count: int = 1
-    hours_per_day: float = 2.0
-    """Hours a day during which requests arrive."""
-    requests_per_hour: float | None = None
-    """Request rate during those hours; None: one continuous block of use a day."""
-    scaledown_window: float = 120.0
-    boot_seconds: float = 90.0
-    wrapper_price_per_hour: float = 0.0
-    days_per_month: int = DAYS_PER_MONTH
 
 
 @dataclass(frozen=True)
@@ -170,26 +158,6 @@ def curve(inputs: CostInputs, points: int = 49) -> list[dict[str, float]]:
             {"hours_per_day": hours, "autoscaled": _monthly(inputs, hours), "always_on": always_on}
         )
     return out
-
-
-@dataclass(frozen=True)
-class ScheduleCost:
-    open_hours_per_month: float
-    monthly: float
-    """USD a month for the GPU kept warm in the windows (the wrapper not included)."""
-
-
-def warm_schedule_cost(
-    schedule: WarmSchedule,
-    gpu_price_per_hour: float,
-    gpu_count: int = 1,
-    days: int = DAYS_PER_MONTH,
-) -> ScheduleCost:
-    """What keeping one GPU container warm in ``schedule``'s windows costs a month: the open
-    seconds over ``days`` days from ``MONTH_START`` (a Monday), at the GPU's price."""
-    seconds = schedule.open_seconds(MONTH_START, MONTH_START + days * 86400)
-    hours = seconds / 3600
-    return ScheduleCost(hours, hours * gpu_price_per_hour * gpu_count)
 
 
 def load_presets(path: Path | None = None) -> dict[str, dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import uvicorn
 from fastapi import FastAPI
 
+from ..engine.local_embedding import LOCAL_EMBEDDING_MODEL, local_embedding_config
 from ..engine.local_model import local_engine_config
 from ..engine.process import EngineConfig, free_port
 from ..settings.settings import Settings
@@ -48,7 +49,10 @@ class LocalStack:
         scaledown_window: float | None = None,
         warm: bool = False,
         access_log: bool = False,
+        embeddings: bool = False,
     ) -> None:
+        """``embeddings``: also serve the local embedding model (all-MiniLM-L6-v2), its
+        engine started by the first request that needs it."""
         self.settings = settings or Settings()
         self.host = host
         self.port = port or free_port(host)
@@ -72,7 +76,15 @@ class LocalStack:
         # VLLM_MODELS: every other served model is the local SmolLM2 in that model's
         # configuration (name, context, adapters), its own engine scaling to zero on its own.
         self.transports: dict[str, LocalTransport] = {self.transport.model_name: self.transport}
+        log = str(engine_log) if engine_log else None
         for model in self.settings.served_models()[1:]:
+            if model.engine_runner == "pooling":  # an embedding model: the local MiniLM
+                self.transports[model.name] = LocalTransport(
+                    local_embedding_config(log_file=log, served_name=model.name),
+                    scaledown_window=(model.scaledown_window if scaledown_window is None
+                                      else window) or None,
+                )  # fmt: skip
+                continue
             config = local_engine_config(
                 log_file=str(engine_log) if engine_log else None, served_name=model.name,
                 max_model_len=min(model.max_model_len or 2048, 2048),
@@ -84,6 +96,10 @@ class LocalStack:
                 config, scaledown_window=own_window or None, max_queue=model.max_queue,
                 queue_timeout=model.queue_timeout,
             )  # fmt: skip
+        if embeddings and LOCAL_EMBEDDING_MODEL not in self.transports:
+            self.transports[LOCAL_EMBEDDING_MODEL] = LocalTransport(
+                local_embedding_config(log_file=log), scaledown_window=window or None
+            )
         self.app: FastAPI = create_app(self.transports, self.settings)
         self.warm = warm
         # Time-outs on receiving requests and a connection cap: see deploy/wrapper/http_server.py.

@@ -13,13 +13,11 @@ import csv
 import io
 import json
 import random
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .cost import MONTH_START
+from ..core.advisor import DAY, MONTH_START, Trace
 
 __all__ = [
     "BURSTS_PER_DAY",
@@ -33,43 +31,11 @@ __all__ = [
     "profile",
 ]
 
-DAY = 86400.0
-
 # The wrapper's inference routes (deploy/wrapper/routes/openai.py, routes_seed.py), written
 # out: importing the routes would pull in FastAPI for a file reader.
 INFERENCE_PATHS = ("/v1/chat/completions", "/v1/chat/completions/batch", "/chat")
 
 PROFILES = ("office-hours", "bursty", "uniform")
-
-
-@dataclass(frozen=True)
-class Trace:
-    """Request arrivals (epoch seconds, sorted) over the span ``start``..``end``."""
-
-    times: tuple[float, ...]
-    start: float
-    end: float
-    name: str = "trace"
-
-    def __post_init__(self) -> None:
-        if self.end <= self.start:
-            raise ValueError(f"{self.name}: a trace needs a span: two distinct timestamps at least")
-
-    @classmethod
-    def of(cls, times: Iterable[float], name: str = "trace") -> Trace:
-        """A trace spanning its first to its last request."""
-        ordered = tuple(sorted(float(t) for t in times))
-        if not ordered:
-            raise ValueError(f"{name}: no requests")
-        return cls(ordered, ordered[0], ordered[-1], name)
-
-    @property
-    def span(self) -> float:
-        return self.end - self.start
-
-    @property
-    def days(self) -> float:
-        return self.span / DAY
 
 
 # -- reading traffic -----------------------------------------------------------------------

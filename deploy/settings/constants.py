@@ -3,12 +3,24 @@ environment names the settings travel under (baked into an image, or a secret)."
 
 from __future__ import annotations
 
-__all__ = ["BAKED_SETTINGS_ENV", "MINUTES", "SECRET_ENV", "SERVICE_NAME", "SERVICE_VERSION"]
+__all__ = [
+    "BAKED_SETTINGS_ENV",
+    "CONFIG_ENV",
+    "DEPLOYMENT_ENV",
+    "MINUTES",
+    "SECRET_ENV",
+    "SERVICE_NAME",
+    "SERVICE_VERSION",
+]
 
 MINUTES = 60  # seconds
 BAKED_SETTINGS_ENV = "AUTOSCALE_SETTINGS_JSON"
 """The deploy-time settings, as one JSON value in each Modal image's environment. Not a
 ``VLLM_*`` name: vLLM warns about every ``VLLM_*`` variable it does not know."""
+DEPLOYMENT_ENV = "AUTOSCALE_DEPLOYMENT_JSON"
+"""What was deployed (version, commit, settings hash, time), baked beside the settings."""
+CONFIG_ENV = "VLLM_CONFIG"
+"""The settings file to read (``vllm-autoscale.toml``), on the deploying machine only."""
 SECRET_ENV = (
     "VLLM_WRAPPER_API_KEY",
     "VLLM_API_KEYS",

@@ -25,11 +25,16 @@ class GatewayPart(BaseModel):
     environment). See deploy/gateway/keys.py."""
     api_keys_file: Path | None = None
     """A TOML (``[[keys]]``) or JSON file of key entries, the same fields as ``api_keys``
-    (with ``sha256`` rather than the key: ``vllm-autoscale keys new`` writes one)."""
+    (with ``sha256`` rather than the key: ``vllm-autoscale keys new`` writes one); JSON if
+    it parses as JSON, else TOML, whatever its name."""
     default_rpm: int | None = Field(default=None, ge=0)
     """Requests per minute for a key that sets none (None: unlimited)."""
     default_tpm: int | None = Field(default=None, ge=0)
     """Tokens per minute (prompt plus ``max_tokens``, settled on the real usage)."""
+    tpm_completion_reserve: int | None = Field(default=None, ge=0)
+    """Completion tokens a request without ``max_tokens`` holds of its key's ``tpm`` until
+    it is settled (at most the rest of the context). Default: the 95th percentile of the
+    key's last 100 completions, 256 before it has any."""
     default_max_streams: int | None = Field(default=None, ge=0)
     """Streams a key may hold open at once."""
     default_monthly_budget_usd: float | None = Field(default=None, ge=0)
@@ -59,6 +64,10 @@ class GatewayPart(BaseModel):
     """What an admitted request is assumed to cost until it is booked, for budgets (in-flight
     requests hold it). Default: the mean of the model's recent requests, at least 10 GPU
     seconds at ``gpu_price_per_hour``."""
+    gpu_cost_allocation: Literal["proportional", "overhead"] = "proportional"
+    """How a GPU container's boot and idle seconds (the scaledown tail, warm windows) are
+    shared: ``proportional`` to the keys' use of that container, or ``overhead``: one
+    ``(unallocated)`` line. Busy seconds always go to the keys that used them."""
     prefix_cache_isolation: Literal["shared", "per_key"] = "shared"
     """``per_key``: every request carries a ``cache_salt`` derived from its key, so vLLM's
     prefix cache is never shared between keys (closes a timing side channel; costs the

@@ -18,7 +18,10 @@ class HttpPart(BaseModel):
     queue_timeout: float = Field(default=10 * MINUTES, gt=0)
     """Longest wait for the engine before a 503; streams send heartbeats meanwhile."""
     heartbeat_interval: float = Field(default=10.0, gt=0)
-    """Seconds between SSE comment heartbeats while a stream waits for a cold engine."""
+    """Seconds between SSE comment heartbeats on a stream that has started."""
+    progress_interval: float = Field(default=2.0, gt=0)
+    """Seconds between progress events (SSE comments ``ChatVLLMAutoscale`` reads) while a
+    stream waits for a cold engine; the first goes with the headers after half a second."""
     max_body_bytes: int = Field(default=4_000_000, ge=1024)
     max_messages: int = Field(default=1024, ge=1)
     max_tokens_limit: int = Field(default=8192, ge=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from functools import cached_property
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -52,6 +53,9 @@ class ModelPart(BaseModel):
     """A chat template shipped in ``deploy/chat_templates/`` (file name), or the model's own."""
     reasoning_parser: str | None = None
     """vLLM's ``--reasoning-parser`` (e.g. "qwen3", "deepseek_r1"); default from the preset."""
+    runner: Literal["generate", "pooling"] | None = None
+    """vLLM's ``--runner``: "pooling" serves an embedding model on ``/v1/embeddings``
+    (chat and completions refused); default from the model's preset, else "generate"."""
     gpu_price_per_hour: float = Field(default=2.50, ge=0)
     """For the cost estimate in each response's metadata (A100-80GB on Modal)."""
 
@@ -77,12 +81,17 @@ class ModelPart(BaseModel):
         return self.preset.chat_template
 
     @property
+    def engine_runner(self) -> str:
+        """The runner vLLM starts with: "generate" or "pooling" (an embedding model)."""
+        return self.runner or self.preset.runner
+
+    @property
     def reasoning(self) -> str | None:
         return self.reasoning_parser or self.preset.reasoning_parser
 
     def parser_warning(self) -> str | None:
         """What a deployer must hear about tool calling, or None when it is settled."""
-        if self.has_preset or self.tool_call_parser is not None:
+        if self.has_preset or self.tool_call_parser is not None or self.runner == "pooling":
             return None
         return (
             f"{self.model} has no preset: tool calling is OFF. Set VLLM_TOOL_CALL_PARSER "
@@ -139,6 +148,7 @@ class ModelPart(BaseModel):
             tokenizer=self.model,
             revision=self.model_revision,
             chat_template=self.chat_template_path,
+            runner=self.engine_runner,
         )
 
     # Checks ``Settings``' validator runs (in its order, which decides the error reported).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +26,9 @@ class ModelPreset:
     reasoning_parser: str | None = None
     image_inputs: bool = False
     """The model reads images (a vision-language model); every preset here is text-only."""
+    runner: str = "generate"
+    """vLLM's ``--runner``: "generate" (chat, completions) or "pooling" (an embedding model,
+    served on ``/v1/embeddings``)."""
 
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
@@ -53,6 +57,13 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
     "openai/gpt-oss-20b": ModelPreset(
         "openai", None, gpu="H100", max_model_len=32768, reasoning_parser="openai_gptoss"
     ),
+    # Embedding models: vLLM's pooling runner. 22M parameters fit the cheapest GPU.
+    "sentence-transformers/all-MiniLM-L6-v2": ModelPreset(
+        None, None, gpu="T4", max_model_len=256, runner="pooling"
+    ),
+    "BAAI/bge-small-en-v1.5": ModelPreset(
+        None, None, gpu="T4", max_model_len=512, runner="pooling"
+    ),
 }
 NO_PRESET = ModelPreset(None, None)
 """What a model with no preset gets: no parsers, no template of ours, the default GPU."""
@@ -76,6 +87,8 @@ class ModelSpec(BaseModel):
     max_num_seqs: int | None = Field(default=None, ge=1, le=1024)
     scaledown_window: int | None = Field(default=None, ge=2, le=3600)
     max_containers: int | None = Field(default=None, ge=1, le=100)
+    runner: Literal["generate", "pooling"] | None = None
+    """"pooling" for an embedding model; default from the model's preset, else "generate"."""
     tool_call_parser: str | None = None
     chat_template: str | None = None
     reasoning_parser: str | None = None

@@ -26,7 +26,14 @@ import os
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .constants import BAKED_SETTINGS_ENV, MINUTES, SECRET_ENV, SERVICE_NAME, SERVICE_VERSION
+from .constants import (
+    BAKED_SETTINGS_ENV,
+    CONFIG_ENV,
+    MINUTES,
+    SECRET_ENV,
+    SERVICE_NAME,
+    SERVICE_VERSION,
+)
 from .gateway import GatewayPart
 from .gpu import GPU_TYPES
 from .http import HttpPart
@@ -82,7 +89,7 @@ class Settings(HttpPart, GatewayPart, ScalingPart, ModelPart, BaseSettings):
     @classmethod
     def env_names(cls) -> frozenset[str]:
         """Every ``VLLM_*`` variable the service reads: not vLLM's, so never passed to it."""
-        return frozenset(f"VLLM_{name.upper()}" for name in cls.model_fields)
+        return frozenset({CONFIG_ENV, *(f"VLLM_{name.upper()}" for name in cls.model_fields)})
 
     @property
     def concurrency_target(self) -> int:

@@ -27,7 +27,15 @@ from typing import Any
 import httpx
 import orjson
 
-from ..core.contract import BatchResults, EngineState, EngineStatus, EngineTransport, Facts, Reply
+from ..core.contract import (
+    BatchResults,
+    EngineState,
+    EngineStatus,
+    EngineTransport,
+    Facts,
+    Reply,
+    engine_endpoint,
+)
 from ..core.errors import (
     EngineError,
     EngineRequestError,
@@ -123,8 +131,13 @@ class FallbackTransport:
             retry_after=_RETRY_S,
         )
 
+    def _route(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The fallback's URL for the route ``body`` is for, and the body without its key."""
+        endpoint, body = engine_endpoint(body)
+        return self.base_url + endpoint.removeprefix("/v1"), body
+
     async def chat(self, body: dict[str, Any]) -> Reply[dict[str, Any]]:
-        url = f"{self.base_url}/chat/completions"
+        url, body = self._route(body)
         try:
             resp = await self._client().post(url, json=self._body(body, False))
             await self._check(resp)
@@ -137,7 +150,7 @@ class FallbackTransport:
             raise self._unreachable(exc, "no JSON answer from") from None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[Reply[dict[str, Any]]]:
-        url = f"{self.base_url}/chat/completions"
+        url, body = self._route(body)
         try:
             async with self._client().stream("POST", url, json=self._body(body, True)) as resp:
                 await self._check(resp)

@@ -15,11 +15,20 @@ import json
 import logging
 import math
 import time
+import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.contract import BatchResults, EngineState, EngineStatus, Facts, Reply
+from ..core.contract import (
+    BatchResults,
+    ContainerLife,
+    EngineState,
+    EngineStatus,
+    Facts,
+    Reply,
+)
 from ..core.errors import (
     EngineError,
     EngineRequestError,
@@ -27,6 +36,7 @@ from ..core.errors import (
     EngineUnavailable,
     Overloaded,
 )
+from ..core.logs import wake_cause
 from ..engine.process import EngineConfig, VLLMEngine
 
 if TYPE_CHECKING:
@@ -40,6 +50,7 @@ RESTART_BACKOFF_S = 5.0
 """After a failed start, the next attempt waits this long, doubling with each failure..."""
 RESTART_BACKOFF_CAP_S = 300.0
 """...up to this: a broken configuration is not relaunched in a loop."""
+_LIVES_KEPT = 256  # engine lives remembered for the meter (it keeps its own once synced)
 
 
 class LocalTransport:
@@ -83,21 +94,35 @@ class LocalTransport:
         self._start_task: asyncio.Task[None] | None = None
         self._idle_task: asyncio.Task[None] | None = None
         self._adapter_lock: asyncio.Lock | None = None
+        self._lives: deque[ContainerLife] = deque(maxlen=_LIVES_KEPT)
+        """Each engine process's life (``Metered``): the GPU up-time meter reads them."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def _start(self) -> None:
+    async def _start(self, cause: str) -> None:
         self.state = "starting"
         self.cold_starts += 1
+        self._lives.append(ContainerLife(uuid.uuid4().hex[:12], time.time()))
+        log.info("the engine of %s is starting, for %s", self.model_name, cause,
+                 extra={"event": "engine_starting", "model": self.model_name,
+                        "cause": cause})  # fmt: skip
         try:
             await self.engine.start()
         except EngineStartError as exc:
+            self._ended()
             self._start_failed(exc)
             raise
         except BaseException:
             self.state = "cold"
             await asyncio.to_thread(self.engine.stop)
+            self._ended()
             raise
+        life = self._lives[-1]
+        life.ready_at = time.time()
+        boot = life.ready_at - life.up_since
+        log.info("the engine of %s is warm after %.1f s", self.model_name, boot,
+                 extra={"event": "engine_warm", "model": self.model_name,
+                        "boot_s": round(boot, 2)})  # fmt: skip
         self.state = "warm"
         self.failed_starts, self.next_start_at = 0, None
         self._clear_error()
@@ -123,17 +148,31 @@ class LocalTransport:
     def _clear_error(self) -> None:
         self.last_error = self.last_error_at = None
 
-    def _begin_start(self) -> asyncio.Task[None]:
+    def _begin_start(self, cause: str | None = None) -> asyncio.Task[None]:
         if self._start_task is None or self._start_task.done():
-            self._start_task = asyncio.create_task(self._start())
+            cause = cause or wake_cause.get() or "a request"
+            self._start_task = asyncio.create_task(self._start(cause))
             # A start nobody waits for (warmup) must not log "exception never retrieved".
             self._start_task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return self._start_task
 
+    def _ended(self) -> None:
+        """The current engine process is gone: its life ends now."""
+        if self._lives and self._lives[-1].stopped_at is None:
+            self._lives[-1].stopped_at = time.time()
+
+    def lives(self) -> list[ContainerLife]:
+        """Each engine process's life, oldest first (``Metered``)."""
+        return list(self._lives)
+
     def _refresh_state(self) -> None:
         if self.state == "warm" and not self.engine.is_running():
+            self._ended()
             self.state = "cold"  # the process died; the next request starts a new one
             self._set_error(f"the engine process exited (code {self.engine.exit_code})")
+            log.error("the engine of %s crashed: %s; the next request starts a new one",
+                      self.model_name, self.last_error,
+                      extra={"event": "engine_crashed", "model": self.model_name})  # fmt: skip
 
     async def _ready(self, facts: Facts) -> None:
         """Return once the engine is warm, starting it if needed (the queue of a cold start)."""
@@ -167,6 +206,10 @@ class LocalTransport:
     @contextlib.asynccontextmanager
     async def _serving(self, facts: Facts) -> AsyncIterator[None]:
         await self._ready(facts)
+        if self._lives:  # which process served it, as a GPU container's facts say
+            life = self._lives[-1]
+            facts.container, facts.booted_at, facts.up_since = (
+                life.container, life.ready_at, life.up_since)  # fmt: skip
         self._in_flight += 1
         self.last_request_at = time.time()
         try:
@@ -190,6 +233,7 @@ class LocalTransport:
             await self.engine.aclose()
             await asyncio.to_thread(self.engine.stop, 5.0)
         if not self.engine.is_running():
+            self._ended()
             self.state = "cold"
 
     # -- warm schedule -------------------------------------------------------------------------
@@ -205,7 +249,7 @@ class LocalTransport:
             self._refresh_state()
             backing_off = self.state == "failed" and (self.next_start_at or 0) > time.time()
             if self.state in ("cold", "failed") and not backing_off:
-                self._begin_start()
+                self._begin_start("the warm schedule")
         elif was_open:
             self._last_activity = max(self._last_activity, time.monotonic())
             self._ensure_idle_watch()
@@ -244,6 +288,11 @@ class LocalTransport:
             if self._window_open:  # a warm window holds the engine
                 continue
             if self.state == "warm" and self._in_flight == 0 and idle >= self.scaledown_window:
+                up = time.time() - self._lives[-1].up_since if self._lives else 0.0
+                log.info("the engine of %s scaled down after %.0f s idle (up %.0f s)",
+                         self.model_name, idle, up,
+                         extra={"event": "engine_scaled_down", "model": self.model_name,
+                                "idle_s": round(idle, 1), "up_s": round(up, 1)})  # fmt: skip
                 await self.scale_down()
                 return
 
@@ -260,6 +309,7 @@ class LocalTransport:
         self.state = "cold"
         await self.engine.aclose()
         await asyncio.to_thread(self.engine.stop)
+        self._ended()
 
     def engine_config(self) -> EngineConfig:
         """The configuration the engine starts from (``Describes``): the served model's truth."""
@@ -437,6 +487,12 @@ class LocalTransport:
                 "failed_starts": self.failed_starts,
                 "engine_pid": self.engine.pid if self.engine.is_running() else None,
                 "engine_url": self.engine.base_url,
+                # When the boot under way began (its progress and estimate, serving/progress.py).
+                **(
+                    {"starting_since": self._lives[-1].up_since}
+                    if self.state == "starting" and self._lives
+                    else {}
+                ),
                 **(
                     {"warm_schedule": self.schedule.describe(self.clock())}
                     if self.schedule is not None
@@ -453,7 +509,7 @@ class LocalTransport:
         self._refresh_state()
         backing_off = self.state == "failed" and (self.next_start_at or 0) > time.time()
         if self.state != "warm" and not backing_off:
-            self._begin_start()
+            self._begin_start(f"a warm-up ({wake_cause.get() or 'no key'})")
             await asyncio.sleep(0)  # let the start task set state to "starting"
         return await self.status()
 

@@ -20,14 +20,18 @@ It imports no engine code: the wrapper's container has no vLLM, aiohttp or subpr
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ..core.contract import BatchResults, EngineState, EngineStatus, Facts, Reply
 from ..core.errors import EngineError, EngineRequestError, EngineUnavailable
+from ..core.logs import wake_cause
 
 __all__ = ["ModalTransport"]
+
+log = logging.getLogger("vllm_autoscale.engine")
 
 
 class ModalTransport:
@@ -72,6 +76,14 @@ class ModalTransport:
             return
         if facts.settle(sent_at, self._seen_containers).cold_start:
             self.cold_starts += 1
+            boot = (facts.booted_at or 0.0) - (facts.up_since or facts.booted_at or 0.0)
+            # Modal started the container; the wrapper tells the story it can see.
+            log.info("a GPU container of %s started for %s: serving after %.1f s of boot, "
+                     "%.1f s after the call", self.model_name, wake_cause.get() or "a call",
+                     boot, facts.queue_wait_s,
+                     extra={"event": "engine_warm", "model": self.model_name,
+                            "container": facts.container, "boot_s": round(boot, 2),
+                            "cause": wake_cause.get()})  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def _call(self) -> AsyncIterator[None]:

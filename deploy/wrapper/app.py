@@ -26,8 +26,11 @@ from .metrics import Metrics
 from .middleware import FastPath, RequestContext
 from .protocol import Limits, RequestModels, request_models
 from .routes import adapters as routes_adapters
+from .routes import completions_embeddings_responses as routes_more_apis
+from .routes import dashboard as routes_dashboard
 from .routes import docs as routes_docs
 from .routes import gateway as routes_gateway
+from .routes import gpu as routes_gpu
 from .routes import openai as routes_openai
 from .routes import seed as routes_seed
 from .routes import service as routes_service
@@ -60,6 +63,8 @@ def create_app(
     models = request_models(limits)
     gateway = Gateway(settings, store)
     registry = ModelRegistry(transports, settings, model_info)
+    for served in registry.models.values():  # the GPU up-time meter: each model's engine
+        gateway.meter(served.name, served.transport, served.settings)
     if fallback is None and settings.cold_fallback_url:
         key = settings.cold_fallback_api_key
         fallback = FallbackTransport(
@@ -103,17 +108,19 @@ def create_app(
     app.state.service = Serving(registry, settings, metrics, gateway, cold)
 
     handlers.install(app)
-    hot = routes_openai.hot_route(models)
-    app.router.routes.append(hot)  # first: matched first
+    hot = [routes_openai.hot_route(models), *routes_more_apis.hot_routes(models)]
+    app.router.routes.extend(hot)  # first: matched first
     app.include_router(routes_seed.router(models))
     app.include_router(routes_openai.router(models))
     app.include_router(routes_service.router)
     app.include_router(routes_tokenize.router(limits))
     app.include_router(routes_gateway.router)
+    app.include_router(routes_gpu.router)
     app.include_router(routes_adapters.router)
+    app.include_router(routes_dashboard.router)  # the page is public; its data is not
     if not public_docs:
         app.include_router(routes_docs.router)
-    app.add_middleware(FastPath, route=hot)
+    app.add_middleware(FastPath, routes=hot)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     app.openapi = lambda: _openapi(app, models)  # type: ignore[method-assign]
     return app
@@ -128,13 +135,15 @@ def _openapi(app: FastAPI, models: RequestModels) -> dict[str, Any]:
     )
     # The inference routes read their bodies themselves (after auth): their request models
     # join the schema here, from the same classes that validate.
-    request_bodies = (models.chat, models.chat_completion, models.batch, NewKey)
+    request_bodies = (models.chat, models.chat_completion, models.batch, models.completion,
+                      models.embedding, models.responses, NewKey)  # fmt: skip
     _, defs = models_json_schema(
         [(m, "validation") for m in request_bodies], ref_template="#/components/schemas/{model}"
     )
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     for name, definition in defs.get("$defs", {}).items():
         schemas.setdefault(name, definition)
-    schema["paths"] = {**routes_openai.openapi_paths(models), **schema["paths"]}
+    schema["paths"] = {**routes_openai.openapi_paths(models),
+                       **routes_more_apis.openapi_paths(models), **schema["paths"]}  # fmt: skip
     app.openapi_schema = schema
     return schema

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ..core.logs import wake_cause
 from ..gateway import Gateway, KeyRecord
 from .handlers import AuthError, Forbidden
 
@@ -24,6 +25,8 @@ async def require_api_key(request: Request) -> KeyRecord:
     if caller is None:
         raise AuthError()
     request.state.caller = caller
+    # An engine this request starts says whose request woke it (the transport's log).
+    wake_cause.set(f"a request by key {caller.name!r} ({request.url.path})")
     return caller
 
 

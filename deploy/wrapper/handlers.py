@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 
 from ..core.errors import (
     AuthError,
@@ -149,14 +150,30 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     # FastAPI's own errors (unparsable body, unknown route, wrong method) in our shape.
     assert isinstance(exc, StarletteHTTPException)
     param = "body" if exc.status_code == HTTPStatus.BAD_REQUEST else None
+    message = str(exc.detail)
+    if exc.status_code == HTTPStatus.NOT_FOUND and message == "Not Found":  # no such route
+        message = unknown_route_message(request)
     return JSONResponse(
-        error_body(str(exc.detail), param=param, code=exc.status_code),
+        error_body(message, param=param, code=exc.status_code),
         status_code=exc.status_code,
         headers=getattr(exc, "headers", None),
+    )
+
+
+def unknown_route_message(request: Request) -> str:
+    """What a request to a route this wrapper does not have is told: the method and path it
+    asked for, and every route served (read from the app, so it never goes stale)."""
+    served: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods:
+            served.update(f"{m} {route.path}" for m in route.methods if m != "HEAD")
+    listing = ", ".join(sorted(served, key=lambda r: (r.split(" ", 1)[1], r)))
+    return (
+        f"{request.method} {request.url.path} is not a route of this service; it serves: {listing}"
     )
 
 

@@ -55,6 +55,18 @@ class Metrics:
             ["op"], registry=r,
         )  # fmt: skip
         self._key_children: dict[tuple[str, str, str], Any] = {}
+        # The GPU's up-time and what it cost, as the gateway allocates it (gpu_summary).
+        self.gpu_seconds = Gauge(
+            "vllm_autoscale_gpu_seconds",
+            "GPU container up-time by model, period (today, month; UTC) and part (up, busy, "
+            "boot, idle)", ["model", "period", "part"], registry=r,
+        )  # fmt: skip
+        self.gpu_cost = Gauge(
+            "vllm_autoscale_gpu_cost_usd",
+            "GPU cost by model, period and line (up: all of it; allocated: to keys; "
+            "unallocated; always_on: the same period with the GPU always up)",
+            ["model", "period", "line"], registry=r,
+        )  # fmt: skip
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         # Label children are looked up once per (route, status): this runs on every request.
@@ -94,6 +106,18 @@ class Metrics:
         """One failed state store call (from the gateway's sync thread; the client is
         thread-safe)."""
         self.store_errors.labels(op).inc()
+
+    def set_gpu(self, summary: dict[str, dict[str, Any]]) -> None:
+        """The gateway's ``gpu_summary``, as gauges."""
+        for model, figures in summary.items():
+            for period in ("today", "month"):
+                f = figures[period]
+                for part in ("up", "busy", "boot", "idle"):
+                    self.gpu_seconds.labels(model, period, part).set(f[f"{part}_s"])
+                self.gpu_cost.labels(model, period, "up").set(f["cost_usd"])
+                self.gpu_cost.labels(model, period, "allocated").set(f["allocated_usd"])
+                self.gpu_cost.labels(model, period, "unallocated").set(f["unallocated_usd"])
+            self.gpu_cost.labels(model, "month", "always_on").set(figures["month"]["always_on_usd"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -94,17 +94,18 @@ class RequestContext:
 
 
 class FastPath:
-    """Pure ASGI: hand one route's requests straight to that route.
+    """Pure ASGI: hand the inference routes' requests straight to their route.
 
-    The route is an ordinary route of the app's router, which would serve it the same way;
+    Each route is an ordinary route of the app's router, which would serve it the same way;
     this skips the layers between here and the router (FastAPI's exception and exit-stack
     middlewares, the route scan), about 30 µs of the inference route's hop. Its errors still
     reach the app's exception handlers: Starlette's own dispatch reads them from the scope
     key ``ExceptionMiddleware`` would have set.
     """
 
-    def __init__(self, app: ASGIApp, route: Route) -> None:
-        self.app, self.route = app, route
+    def __init__(self, app: ASGIApp, routes: list[Route]) -> None:
+        self.app = app
+        self.routes = {route.path: route for route in routes}
         self._handlers: tuple[dict, dict] | None = None
 
     def _exception_handlers(self, scope: Scope) -> tuple[dict, dict]:
@@ -119,13 +120,10 @@ class FastPath:
         return self._handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["path"] == self.route.path
-            and scope["method"] in (self.route.methods or ())
-        ):
-            scope["route"] = self.route  # the metrics' route label
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if route is not None and scope["method"] in (route.methods or ()):
+            scope["route"] = route  # the metrics' route label
             scope["starlette.exception_handlers"] = self._exception_handlers(scope)
-            await self.route.handle(scope, receive, send)
+            await route.handle(scope, receive, send)
             return
         await self.app(scope, receive, send)

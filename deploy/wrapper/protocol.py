@@ -25,9 +25,12 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
     "ChatRequest",
+    "CompletionRequest",
+    "EmbeddingRequest",
     "Limits",
     "Message",
     "RequestModels",
+    "ResponsesRequest",
     "request_models",
 ]
 
@@ -109,6 +112,84 @@ class ChatCompletionRequest(BaseModel):
         return body
 
 
+class CompletionRequest(BaseModel):
+    """OpenAI's legacy text-completions body (``/v1/completions``); unknown fields pass
+    through to vLLM."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    model: str | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool | None = None
+    suffix: str | None = None
+    user: str | None = None
+
+    def to_engine(self, model_name: str) -> dict[str, Any]:
+        """The body vLLM gets: what the caller set, with the served model's name."""
+        body = self.model_dump(exclude_none=True, exclude_unset=True)
+        body["model"] = model_name
+        return body
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings body (``/v1/embeddings``): text, or token ids, one or many."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    def to_engine(self, model_name: str) -> dict[str, Any]:
+        """The body vLLM gets: what the caller set, with the served model's name."""
+        body = self.model_dump(exclude_none=True, exclude_unset=True)
+        body["model"] = model_name
+        return body
+
+
+class ResponsesRequest(BaseModel):
+    """OpenAI's Responses body (``/v1/responses``), answered by vLLM's own Responses API;
+    unknown fields pass through to vLLM."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    input: str | list[dict[str, Any]]
+    model: str | None = None
+    stream: bool = False
+    store: Literal[False] | None = None
+    """The wrapper keeps no responses: an engine's stored ones would not outlive its
+    scale-down, and every key of that engine could read them back by id."""
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+    user: str | None = None
+
+    def to_engine(self, model_name: str) -> dict[str, Any]:
+        """The body vLLM gets: what the caller set, with the served model's name and
+        ``store`` off."""
+        body = self.model_dump(exclude_none=True, exclude_unset=True)
+        body["model"] = model_name
+        body["store"] = False
+        return body
+
+
 class BatchItem(ChatCompletionRequest):
     """One request of a batch: a chat completion that does not stream."""
 
@@ -162,6 +243,9 @@ class RequestModels:
     chat: type[ChatRequest]
     chat_completion: type[ChatCompletionRequest]
     batch: type[BatchRequest]
+    completion: type[CompletionRequest]
+    embedding: type[EmbeddingRequest]
+    responses: type[ResponsesRequest]
 
 
 @lru_cache(maxsize=16)
@@ -192,8 +276,34 @@ def request_models(limits: Limits) -> RequestModels:
             min_length=1, max_length=limits.max_batch
         )
 
-    return RequestModels(ChatRequest, ChatCompletionRequest, BatchRequest)
+    # A list of prompts (or of inputs to embed) is a batch: at most VLLM_MAX_BATCH of them.
+    batch_max = limits.max_batch
+    texts = (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=batch_max)]
+        | Annotated[list[int], Field(min_length=1)]
+        | Annotated[list[list[int]], Field(min_length=1, max_length=batch_max)]
+    )
+
+    class CompletionRequest(_CompletionRequest):
+        __doc__ = _CompletionRequest.__doc__
+        prompt: texts  # type: ignore[valid-type]
+        max_tokens: int | None = Field(default=None, ge=1, le=tokens_max)
+
+    class EmbeddingRequest(_EmbeddingRequest):
+        __doc__ = _EmbeddingRequest.__doc__
+        input: texts  # type: ignore[valid-type]
+
+    class ResponsesRequest(_ResponsesRequest):
+        __doc__ = _ResponsesRequest.__doc__
+        input: str | Annotated[list[dict[str, Any]], Field(max_length=messages_max)]
+        max_output_tokens: int | None = Field(default=None, ge=1, le=tokens_max)
+
+    return RequestModels(ChatRequest, ChatCompletionRequest, BatchRequest, CompletionRequest,
+                         EmbeddingRequest, ResponsesRequest)  # fmt: skip
 
 
 _ChatRequest, _ChatCompletionRequest = ChatRequest, ChatCompletionRequest
+_CompletionRequest, _EmbeddingRequest = CompletionRequest, EmbeddingRequest
+_ResponsesRequest = ResponsesRequest
 _BatchItem, _BatchRequest = BatchItem, BatchRequest

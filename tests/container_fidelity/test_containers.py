@@ -49,6 +49,7 @@ from tests.container_fidelity.staging import (
 )
 
 CUDA_ONLY_FLAGS = ("--tensor-parallel-size", "--gpu-memory-utilization")  # each takes a value
+DASHBOARD_FILES = ("index.html", "dashboard.js", "dashboard.css")
 
 
 def deployed_settings() -> Settings:
@@ -86,8 +87,11 @@ def test_container_imports_the_app_file_and_gets_data_files(manifests, function)
     tracked = subprocess.run(
         ["git", "ls-files", "deploy"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
-    expected = {f"/root/{f}" for f in tracked if f.endswith((".py", ".jinja", ".json"))}
+    code_and_data = (".py", ".jinja", ".json", ".html", ".js", ".css")
+    expected = {f"/root/{f}" for f in tracked if f.endswith(code_and_data)}
     assert {f for f in shipped if f.startswith("/root/deploy/")} == expected
+    dashboard = {f"/root/deploy/wrapper/dashboard/{n}" for n in DASHBOARD_FILES}
+    assert dashboard <= shipped  # GET /dashboard's page, script and style
 
 
 @pytest.mark.parametrize("function", ["wrapper", "VLLMInference"])
@@ -199,6 +203,17 @@ def test_wrapper_container_answers_the_seed_routes(wrapper_container) -> None:
     assert refused.status_code == 401  # the key came from the Modal Secret
 
 
+def test_wrapper_container_serves_the_dashboard_from_its_own_files(wrapper_container) -> None:
+    root = wrapper_container["root"]
+    with httpx.Client(base_url=wrapper_container["url"], timeout=30) as http:
+        paths = ["/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css"]
+        for name, path in zip(DASHBOARD_FILES, paths, strict=True):
+            page = http.get(path)
+            assert page.status_code == 200, path
+            assert page.content == (root / "deploy/wrapper/dashboard" / name).read_bytes()
+            assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
 def test_wrapper_container_sees_the_deploy_time_settings(wrapper_container) -> None:
     report = wrapper_container["report"]
     expected = deployed_settings().model_dump(mode="json", exclude={"wrapper_api_key"})
@@ -221,7 +236,8 @@ def test_wrapper_container_keeps_its_ledger_in_modal_dicts(wrapper_container) ->
     """On Modal the gateway's state is in Modal Dicts every wrapper container shares; the
     usage route reads back what a request wrote through the store's Dict calls."""
     assert wrapper_container["report"]["state_dicts"] == [
-        f"vllm-autoscale-gateway-{table}" for table in ("ledger", "spend", "limits", "keys", "meta")
+        f"vllm-autoscale-gateway-{table}"
+        for table in ("ledger", "spend", "limits", "keys", "meta", "uptime")
     ]
     auth = {"authorization": f"Bearer {SECRET_VALUES['VLLM_WRAPPER_API_KEY']}"}
     with httpx.Client(base_url=wrapper_container["url"], timeout=30) as http:

@@ -17,9 +17,12 @@ import uvicorn
 from pydantic import SecretStr
 from starlette.types import ASGIApp
 
+from deploy.engine.local_embedding import local_embedding_config
 from deploy.engine.process import free_port
 from deploy.ops.local_stack import LocalStack
 from deploy.settings.settings import Settings
+from deploy.transports.local import LocalTransport
+from deploy.wrapper import create_app
 from deploy.wrapper.http_server import server_config
 
 API_KEY = "test-key-" + os.urandom(8).hex()
@@ -88,3 +91,17 @@ def serve_on_stack(
     finally:
         server.should_exit = True
         serving.result(30)
+
+
+@pytest.fixture(scope="session")
+def embedding_url(stack: LocalStack) -> Iterator[str]:
+    """A wrapper serving the session's chat engine and a local embedding engine
+    (all-MiniLM-L6-v2, ~0.5 GiB), on the stack's loop. The embedding engine starts with the
+    first request that needs it and stops with the session."""
+    embed = LocalTransport(local_embedding_config(log_file=str(ENGINE_LOG)), scaledown_window=None)
+    transports = {stack.transport.model_name: stack.transport, embed.model_name: embed}
+    try:
+        with serve_on_stack(stack, create_app(transports, stack.settings)) as url:
+            yield url
+    finally:
+        stack.call(embed.aclose, timeout=60)  # its engine and its client, on their loop

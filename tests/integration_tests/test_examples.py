@@ -32,6 +32,8 @@ EXPECTED = {
     "openai_sdk.py": ["model: HuggingFaceTB/SmolLM2-135M-Instruct", "reply:", "stream:"],
     "migrate_from_integrated.py": ["service: VLLM Auto-Scale Service 2.0.0", "content:"],
     "warmup_and_metadata.py": ["engine: warm", "cold start: False", "GPU cost $"],
+    "rag.py": ["retrieved: python", "retrieved the right document for 5/5 questions"],
+    "cold_start_progress.py": ["progress events while waiting:", "answer:"],
     "curl.sh": ['"status":"healthy"', '"content":', '"chat.completion"', "data: [DONE]"],
 }
 
@@ -42,8 +44,12 @@ def test_every_example_is_covered() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_example_runs(warm_stack, api_key, name) -> None:
-    env = {**os.environ, "VLLM_AUTOSCALE_URL": warm_stack.url, "VLLM_AUTOSCALE_API_KEY": api_key}
+def test_example_runs(warm_stack, api_key, name, request) -> None:
+    # The RAG example needs an embedding model too: the wrapper that serves one beside the chat.
+    url = request.getfixturevalue("embedding_url") if name == "rag.py" else warm_stack.url
+    if name == "cold_start_progress.py":  # its point is a cold start
+        warm_stack.call(warm_stack.transport.scale_down)
+    env = {**os.environ, "VLLM_AUTOSCALE_URL": url, "VLLM_AUTOSCALE_API_KEY": api_key}
     runner = ["bash"] if name.endswith(".sh") else [sys.executable]
     proc = subprocess.run(
         [*runner, str(EXAMPLES / name)], env=env, capture_output=True, text=True, timeout=300
@@ -51,4 +57,7 @@ def test_example_runs(warm_stack, api_key, name) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     for fragment in EXPECTED[name]:
         assert fragment in proc.stdout, f"{fragment!r} not in output:\n{proc.stdout}"
+    if name == "cold_start_progress.py":  # the wait was shown, not silent
+        waits = int(proc.stdout.split("progress events while waiting:")[1].split()[0])
+        assert waits >= 2, proc.stdout
     assert api_key not in proc.stdout + proc.stderr

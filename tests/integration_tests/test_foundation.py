@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from deploy.core.version import __version__
 from langchain_vllm_autoscale import AuthenticationError, ChatVLLMAutoscale
 
 
@@ -18,6 +19,7 @@ def test_root_matches_seed(stack, http: httpx.Client) -> None:
             "scaledown_window": "2 minutes",
         },
         "model": stack.transport.model_name,
+        "package_version": __version__,  # added beside the seed's fields, none changed
     }
 
 

@@ -27,9 +27,13 @@ def _run(*cmd: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory) -> dict[str, Path]:
-    """Both wheels, built from a copy of the tracked files (no stray or build output)."""
+    """Both wheels, built from a copy of the files a commit would hold: tracked, or new and
+    not ignored (no stray or build output)."""
     tree = tmp_path_factory.mktemp("tree")
-    for name in _run("git", "ls-files", cwd=REPO).stdout.split():
+    listed = _run("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=REPO)
+    for name in listed.stdout.split():
+        if not (REPO / name).is_file():
+            continue  # deleted in the work tree
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, tree / name)
     # The server's pyproject may be new in this change: tracked or not, it is the source.
@@ -73,6 +77,9 @@ def test_server_wheel_is_its_own_package_with_its_data(wheels) -> None:
         "prices.json",
         "chat_templates/llama3.1_json_tools.jinja",
         "chat_templates/chatml_tools.jinja",
+        "wrapper/dashboard/index.html",
+        "wrapper/dashboard/dashboard.js",
+        "wrapper/dashboard/dashboard.css",
     ):
         assert f"vllm_autoscale_server/{needed}" in names  # fmt: skip
     with zipfile.ZipFile(wheels["server"]) as zf:
@@ -101,6 +108,17 @@ def test_client_install_brings_no_server(venvs, tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ChatVLLMAutoscale", "None", "None", "None"]
     assert not (venvs["client"] / "bin" / "vllm-autoscale").exists()
+
+
+def test_server_install_serves_the_dashboard_from_its_package(venvs, tmp_path) -> None:
+    python = venvs["server"] / "bin" / "python"
+    code = ("from vllm_autoscale_server.wrapper.routes.dashboard import ASSETS; "
+            "print(' '.join(f'{n}:{len(b)}' for n, (b, _) in sorted(ASSETS.items())))")  # fmt: skip
+    out = _run(python, "-c", code, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    sizes = dict(item.split(":") for item in out.stdout.split())
+    dashboard = REPO / "deploy" / "wrapper" / "dashboard"
+    assert sizes == {p.name: str(p.stat().st_size) for p in dashboard.iterdir()}
 
 
 def test_server_command_names_the_missing_extra_in_one_line(venvs, tmp_path) -> None:

@@ -30,6 +30,7 @@ from deploy.core.contract import (
     EngineTransport,
     Facts,
     Reply,
+    engine_endpoint,
 )
 from deploy.core.errors import EngineUnavailable
 from deploy.settings.settings import Settings
@@ -104,6 +105,28 @@ def usage_chunk(prompt_tokens: int = 3, completion_tokens: int = 2) -> dict[str,
     }
 
 
+def text_completion(
+    text: str = "hello", prompt_tokens: int = 4, completion_tokens: int = 2
+) -> dict[str, Any]:
+    """vLLM's ``/v1/completions`` answer."""
+    return {
+        "id": "cmpl-fake", "object": "text_completion", "created": 1, "model": MODEL,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }  # fmt: skip
+
+
+def embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's ``/v1/embeddings`` answer: a 3-dimensional vector per input, from its length."""
+    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = [{"object": "embedding", "index": i, "embedding": [float(len(str(t))), 1.0, 0.0]}
+            for i, t in enumerate(inputs)]  # fmt: skip
+    tokens = sum(len(str(t).split()) for t in inputs)
+    return {"object": "list", "model": body.get("model"), "data": data,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
+
+
 class FakeTransport:
     """An in-memory ``EngineTransport``: records calls, answers what its attributes say."""
 
@@ -157,6 +180,11 @@ class FakeTransport:
         self.chat_bodies.append(copy.deepcopy(body))
         if self.chat_error is not None:
             raise self.chat_error
+        endpoint, plain = engine_endpoint(body)  # as the engine reads it: a bad one raises
+        if endpoint == "/v1/embeddings":
+            return Reply(embeddings(plain), self._facts())
+        if endpoint == "/v1/completions":
+            return Reply(text_completion(), self._facts())
         return Reply(copy.deepcopy(self.chat_result), self._facts())
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[Reply[dict[str, Any]]]:
@@ -301,10 +329,14 @@ def sse_data(events: list[str]) -> list[Any]:
 
 
 async def drop_stream(
-    app: FastAPI, body: dict[str, Any], token: str | None = KEY, after: int = 1
+    app: FastAPI,
+    body: dict[str, Any],
+    token: str | None = KEY,
+    after: int = 1,
+    path: str = "/v1/chat/completions",
 ) -> list[Message]:
-    """POST a stream to ``/v1/chat/completions`` over raw ASGI and disconnect once ``after``
-    ``data:`` events have arrived (a client that goes away mid-stream); the messages sent."""
+    """POST a stream to ``path`` over raw ASGI and disconnect once ``after`` ``data:``
+    events have arrived (a client that goes away mid-stream); the messages sent."""
     raw = json.dumps(body).encode()
     headers = [(b"host", b"wrapper"), (b"content-type", b"application/json"),
                (b"content-length", str(len(raw)).encode())]  # fmt: skip
@@ -312,7 +344,7 @@ async def drop_stream(
         headers.append((b"authorization", f"Bearer {token}".encode()))
     scope: dict[str, Any] = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "scheme": "http", "path": path, "raw_path": path.encode(),
         "root_path": "", "query_string": b"", "headers": headers,
         "client": ("127.0.0.1", 1), "server": ("wrapper", 80),
     }  # fmt: skip

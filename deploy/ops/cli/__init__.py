@@ -25,10 +25,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("remote", "status"),
     "warmup": ("remote", "warmup"),
     "deploy": ("deploy", "deploy"),
+    "smoke": ("smoke", "smoke"),
     "usage": ("usage", "usage"),
     "keys new": ("keys", "keys_new"),
     "keys list": ("keys", "keys_list"),
     "keys create": ("keys", "keys_create"),
+    "keys update": ("keys", "keys_update"),
     "keys revoke": ("keys", "keys_revoke"),
 }
 
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _arguments.add_cost(sub)
     _arguments.add_remote(sub)  # status, warmup
     _arguments.add_deploy(sub)
+    _arguments.add_smoke(sub)
     _arguments.add_usage(sub)
     _arguments.add_keys(sub)
     return parser

@@ -11,7 +11,23 @@ from typing import Any
 
 from ._output import _amount, _count, _day
 
-__all__ = ["add_cost", "add_deploy", "add_keys", "add_remote", "add_serve", "add_usage"]
+__all__ = [
+    "add_cost",
+    "add_deploy",
+    "add_keys",
+    "add_remote",
+    "add_serve",
+    "add_smoke",
+    "add_usage",
+]
+
+
+def _add_config_arg(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--config", default=None, metavar="PATH",
+        help="the settings file (default: VLLM_CONFIG, else ./vllm-autoscale.toml if there "
+        "is one); VLLM_* variables override it",
+    )  # fmt: skip
 
 
 def add_serve(sub: Any) -> None:
@@ -37,7 +53,13 @@ def add_serve(sub: Any) -> None:
         default=None,
         help="write vLLM's output here (default: stderr; with a command, the cache folder)",
     )
+    serve.add_argument(
+        "--no-embeddings", dest="embeddings", action="store_false",
+        help="serve the chat model only (by default all-MiniLM-L6-v2 is served beside it, "
+        "its engine started by the first embeddings request)",
+    )  # fmt: skip
     serve.add_argument("--log-level", default=None, help="INFO by default; WARNING with a command")
+    _add_config_arg(serve)
     serve.add_argument(
         "command", nargs=argparse.REMAINDER, help="-- COMMAND to run against the stack"
     )
@@ -66,6 +88,7 @@ def add_cost(sub: Any) -> None:
     cost.add_argument("--boot-seconds", type=float, default=None)
     cost.add_argument("--wrapper-price", type=float, default=None, help="USD per wrapper-hour")
     _add_advisor_args(cost)
+    _add_config_arg(cost)
     cost.add_argument("--json", action="store_true")
     cost.add_argument(
         "--plot", default=None, metavar="FILE",
@@ -128,12 +151,30 @@ def add_deploy(sub: Any) -> None:
         "deploy",
         help="modal deploy the wrapper and the GPU class",
         description="Check the vllm-secrets Modal Secret exists, then `modal deploy`. "
-        "Settings are the VLLM_* environment variables (docs/deploy-modal.md).",
+        "Settings are the settings file (vllm-autoscale.toml) under the VLLM_* environment "
+        "variables (docs/deploy-modal.md).",
     )
     deploy.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the settings, the engine's parsers and each container's image and files",
+        help="print the settings (each with its source), the engine's parsers and each "
+        "container's image and files",
+    )
+    _add_config_arg(deploy)
+
+
+def add_smoke(sub: Any) -> None:
+    smoke = sub.add_parser(
+        "smoke",
+        help="health, one chat, one stream, one forced tool call against a wrapper",
+        description="Check a running wrapper after a deploy: health, a chat, a stream and a "
+        "tool call with a forced tool choice. Exits 1 at the first that fails, naming it.",
+    )
+    smoke.add_argument("url", help="the wrapper's base URL")
+    smoke.add_argument("--api-key", default=None, help="default VLLM_AUTOSCALE_API_KEY")
+    smoke.add_argument("--model", default=None, help="a served model (default: the default)")
+    smoke.add_argument(
+        "--timeout", type=float, default=600, help="seconds a check may wait (a cold start)"
     )
 
 
@@ -151,18 +192,28 @@ def add_usage(sub: Any) -> None:
     usage.add_argument("--json", action="store_true", help="the wrapper's JSON answer")
 
 
-def _add_key_args(cmd: argparse.ArgumentParser) -> None:
+def _add_key_args(cmd: argparse.ArgumentParser, update: bool = False) -> None:
     cmd.add_argument("name", help="the key's name: 1-64 of A-Z a-z 0-9 _ . @ -")
-    cmd.add_argument("--role", choices=("user", "admin"), default="user")
+    # An update changes only what it is given: no default role.
+    cmd.add_argument("--role", choices=("user", "admin"), default=None if update else "user")
+    default = "unchanged" if update else "default VLLM_DEFAULT_*"
     for flag, unit in (("--rpm", "requests"), ("--tpm", "tokens")):
-        cmd.add_argument(flag, type=_count, help=f"{unit} per minute (default VLLM_DEFAULT_*)")
+        cmd.add_argument(flag, type=_count, help=f"{unit} per minute ({default})")
     cmd.add_argument("--max-streams", type=_count, help="concurrent requests")
     cmd.add_argument("--budget", type=_amount, help="monthly budget, USD")
+    if update:
+        cmd.add_argument(
+            "--clear", action="append", choices=("rpm", "tpm", "max-streams", "budget"),
+            metavar="LIMIT",
+            help="set LIMIT (rpm, tpm, max-streams, budget) back to its VLLM_DEFAULT_* "
+            "(repeatable)",
+        )  # fmt: skip
 
 
 def add_keys(sub: Any) -> None:
-    """``keys new`` (offline), ``keys list``, ``keys create``, ``keys revoke`` (a wrapper's)."""
-    keys = sub.add_parser("keys", help="make API keys; list, create and revoke a wrapper's")
+    """``keys new`` (offline), ``keys list``, ``keys create``, ``keys update``, ``keys revoke``
+    (a wrapper's)."""
+    keys = sub.add_parser("keys", help="make API keys; list, create, update and revoke a wrapper's")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
     new = keys_sub.add_parser(
         "new",
@@ -173,8 +224,9 @@ def add_keys(sub: Any) -> None:
     _add_key_args(new)
     new.add_argument("--format", choices=("toml", "json"), default="toml")
     for name, text in (
-        ("list", "every key of the wrapper: role, limits, source (admin key)"),
+        ("list", "every key of the wrapper: role, limits, source, spend this month (admin key)"),
         ("create", "create a key on the wrapper; it is printed once (admin key)"),
+        ("update", "change a key's role or limits in place; its secret stays (admin key)"),
         ("revoke", "revoke a key created on the wrapper (admin key)"),
     ):
         cmd = keys_sub.add_parser(name, help=text, description=text)
@@ -183,5 +235,7 @@ def add_keys(sub: Any) -> None:
             cmd.add_argument("--json", action="store_true")
         elif name == "create":
             _add_key_args(cmd)
+        elif name == "update":
+            _add_key_args(cmd, update=True)
         else:
             cmd.add_argument("name")

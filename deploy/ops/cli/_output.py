@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["_amount", "_count", "_day", "console", "number", "table"]
+__all__ = ["_amount", "_count", "_day", "console", "money", "number", "table"]
 
 
 def console() -> Any:
@@ -52,6 +52,20 @@ def number(value: Any, places: int | None = None) -> str:
     if value is None:
         return "-"
     return f"{value:,.{places}f}" if places is not None else f"{value:,}"
+
+
+def money(value: Any) -> str:
+    """An amount of USD with the precision it needs: two decimals from $1 up; below, three
+    significant digits (at least two decimals), so that a $0.002 budget is not "0.00"."""
+    if value is None:
+        return "-"
+    amount = float(value)
+    if amount == 0 or abs(amount) >= 1 or not math.isfinite(amount):
+        return f"{amount:,.2f}"
+    places = max(2, 2 - math.floor(math.log10(abs(amount))))
+    whole, _, decimals = f"{amount:.{places}f}".partition(".")
+    # Zeros past the second decimal say nothing: 0.00200 is 0.002.
+    return f"{whole}.{decimals.rstrip('0').ljust(2, '0')}"
 
 
 # argparse's types. Their names stay underscored: argparse quotes a type's name when the

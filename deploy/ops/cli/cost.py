@@ -9,9 +9,11 @@ import argparse
 import json
 import sys
 
+from ...settings.config_file import load_settings
 from ..cost import PRESETS, CostInputs, CostReport, curve, estimate, inputs_from_preset
+from ._output import money
 from .advise import advise
-from .errors import need_extra
+from .errors import CliError, need_extra
 
 __all__ = ["cost"]
 
@@ -29,7 +31,21 @@ def _inputs(args: argparse.Namespace) -> CostInputs:
     )
 
 
+def _from_settings(args: argparse.Namespace) -> None:
+    """The window and GPU price the settings file (or a ``VLLM_*`` variable) sets, where no
+    flag does: the cost of what would be deployed."""
+    try:
+        loaded = load_settings(args.config)
+    except ValueError as exc:
+        raise CliError(f"bad settings: {exc}") from None
+    pairs = (("scaledown_window", "scaledown_window"), ("gpu_price", "gpu_price_per_hour"))
+    for flag, name in pairs:
+        if getattr(args, flag) is None and loaded.sources[name] != "default":
+            setattr(args, flag, getattr(loaded.settings, name))
+
+
 def cost(args: argparse.Namespace) -> int:
+    _from_settings(args)
     if args.traffic or args.profile:
         return advise(args)
     advisor_only = (args.max_wait_share, args.max_mean_wait, args.warm_schedule)
@@ -58,17 +74,17 @@ def _print_report(preset: str, report: CostReport) -> None:
     even = report.break_even_hours_per_day
     print(f"preset {preset}: {PRESETS[preset]['description']}")
     print(
-        f"  GPU ${i.gpu_price_per_hour:.2f}/h x {i.gpu_count}, {i.hours_per_day:g} h/day of use"
+        f"  GPU ${money(i.gpu_price_per_hour)}/h x {i.gpu_count}, {i.hours_per_day:g} h/day of use"
         + (f" at {i.requests_per_hour:g} requests/h" if i.requests_per_hour else "")
         + f", window {i.scaledown_window:g} s, boot {i.boot_seconds:g} s"
     )
-    print(f"  always on                      ${report.always_on_monthly:10,.2f}/month")
+    print(f"  always on                      ${money(report.always_on_monthly):>10}/month")
     print(
-        f"  autoscaled, seed's formula     ${report.seed_autoscaled_monthly:10,.2f}/month"
+        f"  autoscaled, seed's formula     ${money(report.seed_autoscaled_monthly):>10}/month"
         f"   saving {report.seed_saving:.1%}"
     )
     print(
-        f"  autoscaled, with boots + tails ${report.autoscaled_monthly:10,.2f}/month"
+        f"  autoscaled, with boots + tails ${money(report.autoscaled_monthly):>10}/month"
         f"   saving {report.saving:.1%}"
     )
     gpu_hours, wakes = report.gpu_hours_per_day, report.wakes_per_day

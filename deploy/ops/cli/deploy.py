@@ -1,17 +1,23 @@
 """``deploy``: say what is deployed (settings, the engine's parsers), check the Modal Secret
-both containers mount, then ``modal deploy`` the app file; ``--dry-run`` lists each
-container's image and files instead."""
+both containers mount, then ``modal deploy`` the app file with the settings (the settings
+file under the environment) and the deploy's record (version, commit, settings hash, time)
+handed to it as baked JSON; ``--dry-run`` lists each setting's source and each container's
+image and files instead."""
 
 # ruff: noqa: T201 - a command's output is what it prints
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from ...cloud.manifest import collect
+from ...cloud.shipped import NotShippable, for_containers
+from ...settings.config_file import LoadedSettings, load_settings
+from ...settings.deployment import deployment_env, deployment_record
 from ...settings.settings import Settings
 from .errors import CliError, need_extra
 
@@ -48,9 +54,43 @@ def _check_secret(settings: Settings) -> None:
         ) from exc
 
 
-def _print_manifests(settings: Settings) -> None:
+def _git_state(repo: Path) -> tuple[str | None, bool | None]:
+    """The checkout's commit and whether it has uncommitted changes (None, None: no git)."""
     try:
-        manifests = collect()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        changes = subprocess.run(["git", "status", "--porcelain"], cwd=repo,
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+    return head, bool(changes.strip())
+
+
+def _deploy_env(loaded: LoadedSettings) -> dict[str, str]:
+    """The environment ``modal deploy`` (and the dry run's manifests) run under: the
+    settings as ``modal_app.py`` must bake them, and the deploy's record."""
+    settings = loaded.settings
+    try:
+        in_image, _ = for_containers(settings)
+    except NotShippable as exc:
+        raise CliError(str(exc)) from None
+    commit, dirty = _git_state(APP_FILE.parent.parent)
+    record = deployment_record(
+        in_image, commit=commit, dirty=dirty,
+        config_file=str(loaded.path) if loaded.path else None,
+    )  # fmt: skip
+    return {**os.environ, **settings.baked_env(), **deployment_env(record)}
+
+
+def _print_sources(loaded: LoadedSettings) -> None:
+    print(f"\nsettings (file: {loaded.path or 'none'}; env overrides file overrides default)")
+    for name, value, source in loaded.described():
+        print(f"  {name:<36} {value:<40} {source}")
+
+
+def _print_manifests(env: dict[str, str]) -> None:
+    try:
+        manifests = collect(env)
     except RuntimeError as exc:
         raise CliError(str(exc)) from exc
     for name, m in manifests.items():
@@ -84,11 +124,12 @@ def _describe(settings: Settings) -> None:
 
 def deploy(args: argparse.Namespace) -> int:
     try:
-        settings = Settings()
+        loaded = load_settings(args.config)
     except ValueError as exc:
         raise CliError(
             f"bad settings: {exc}", "see docs/deploy-modal.md for VLLM_* settings"
         ) from exc
+    settings = loaded.settings
     # modal from this environment, whatever is on PATH; file mode, as the guide runs it.
     command = [sys.executable, "-m", "modal", "deploy", str(APP_FILE)]
     _describe(settings)
@@ -100,10 +141,12 @@ def deploy(args: argparse.Namespace) -> int:
             "`vllm-autoscale deploy` ships the files of a clone of the repository; run it "
             "from one (git clone, then pip install -e . -e './deploy[modal]')"
         )
+    env = _deploy_env(loaded)
     if args.dry_run:
-        _print_manifests(settings)
+        _print_sources(loaded)
+        _print_manifests(env)
         print("\n$ modal deploy " + str(APP_FILE))
         return 0
     _check_secret(settings)
     print("$ modal deploy " + str(APP_FILE))
-    return subprocess.call(command, cwd=APP_FILE.parent.parent)
+    return subprocess.call(command, cwd=APP_FILE.parent.parent, env=env)

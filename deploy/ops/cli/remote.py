@@ -82,7 +82,22 @@ def _show_status(status: dict) -> str:
     )
     if status.get("last_error"):
         line += f"\nlast error: {status['last_error']}"
+    if deployed := status.get("deployment"):  # an admin key's view of a deployed wrapper
+        line += "\n" + _show_deployment(deployed)
     return line
+
+
+def _show_deployment(deployed: dict[str, Any]) -> str:
+    commit = deployed.get("git_commit")
+    tree = (
+        "no git"
+        if commit is None
+        else commit[:12] + (" (dirty)" if deployed.get("git_dirty") else "")
+    )
+    return (
+        f"deployed {deployed.get('deployed_at')} | server {deployed.get('package_version')} | "
+        f"commit {tree} | settings {str(deployed.get('settings_sha256'))[:12]}"
+    )
 
 
 def status(args: argparse.Namespace) -> int:
@@ -104,6 +119,17 @@ def _progress_console() -> Any:
     return Console(stderr=True)
 
 
+def _waking(answer: dict[str, Any], waited: float) -> str:
+    """The wait as ``/status`` tells it: the boot's elapsed seconds and the estimate from
+    the model's recent boots (the same figures a stream's progress events carry)."""
+    boot = answer.get("boot") or {}
+    elapsed = boot.get("elapsed_s")
+    elapsed = waited if elapsed is None else elapsed
+    eta = boot.get("eta_s")
+    about = f" of about {elapsed + eta:.0f} s" if eta is not None else ""
+    return f"engine {answer['state']}... {elapsed:.0f} s{about}"
+
+
 def warmup(args: argparse.Namespace) -> int:
     """POST /warmup, then show progress until the engine is warm (or failed, or timed out)."""
     answer = call(args, "POST", "/warmup")
@@ -121,7 +147,7 @@ def warmup(args: argparse.Namespace) -> int:
                     f"the engine is still {answer['state']} after {elapsed:.0f} s",
                     "a first start downloads the weights (minutes): raise --timeout",
                 )
-            message = f"engine {answer['state']}... {elapsed:.0f} s"
+            message = _waking(answer, elapsed)
             if live is not None:
                 live.update(message)
             else:

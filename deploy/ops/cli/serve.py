@@ -16,6 +16,8 @@ from pathlib import Path
 
 from ...core.logs import configure_logging
 from ...engine.local_model import LocalModelError, default_cache_dir
+from ...gateway.keys import KeysFileError
+from ...settings.config_file import load_settings
 from ..local_stack import LocalStack
 from .errors import CliError, need_extra
 
@@ -89,17 +91,25 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or ("WARNING" if args.command else "INFO"))
     engine_log = _engine_log(args)
     try:
+        settings = load_settings(args.config).settings
+    except ValueError as exc:
+        raise CliError(f"bad settings: {exc}", "see docs/deploy-modal.md for settings") from None
+    try:
         stack = LocalStack(
+            settings=settings,
             host=args.host,
             port=args.port,
             scaledown_window=args.scaledown_window,
             warm=args.warm or bool(args.command),
             engine_log=engine_log,
             access_log=False,
+            embeddings=args.embeddings,
         )
     except LocalModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeysFileError as exc:  # the wrapper reads it at start: say which file, no traceback
+        raise CliError(str(exc), "fix the file or unset VLLM_API_KEYS_FILE") from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -43,7 +43,17 @@ CHAT_COMPLETIONS = "/v1/chat/completions"
 # What ``/v1/models`` shows a key that is not an admin's: not ``root``, which for an adapter
 # is where its weights came from (a path on the server, a private Hub repository).
 _PUBLIC_CARD = frozenset(
-    {"id", "object", "created", "owned_by", "parent", "max_model_len", "capabilities", "state"}
+    {
+        "id",
+        "object",
+        "created",
+        "owned_by",
+        "parent",
+        "max_model_len",
+        "capabilities",
+        "state",
+        "aliases",
+    }
 )
 
 
@@ -88,27 +98,30 @@ def stream_response(stream: StreamRun | Replay) -> Response:
                         headers=stream.headers, on_close=stream.closed)  # fmt: skip
 
 
-def openapi_paths(models: RequestModels) -> dict[str, Any]:
-    """The hot route's OpenAPI entry (FastAPI documents only its own routes)."""
+def hot_operation(path: str, summary: str, body: type, answer: str) -> dict[str, Any]:
+    """A hot route's OpenAPI entry (FastAPI documents only its own routes)."""
     ref = "#/components/schemas/{}"
     errors = {
         str(code): {"description": "Error", "content": {"application/json": {"schema": {
             "$ref": ref.format(ErrorResponse.__name__)}}}}
         for code in INFERENCE_ERRORS
     }  # fmt: skip
+    content: dict[str, Any] = {"application/json": {"schema": {}}}
+    if "stream" in answer:
+        content["text/event-stream"] = {}
     operation = {
-        "summary": "Chat Completions",
-        "operationId": "chat_completions_v1_chat_completions_post",
-        **json_body(models.chat_completion),
-        "responses": {
-            "200": {
-                "description": "A chat completion, or with stream=true a text/event-stream",
-                "content": {"application/json": {"schema": {}}, "text/event-stream": {}},
-            },
-            **errors,
-        },
+        "summary": summary,
+        "operationId": summary.lower().replace(" ", "_") + path.replace("/", "_") + "_post",
+        **json_body(body),
+        "responses": {"200": {"description": answer, "content": content}, **errors},
     }  # fmt: skip
-    return {CHAT_COMPLETIONS: {"post": operation}}
+    return {path: {"post": operation}}
+
+
+def openapi_paths(models: RequestModels) -> dict[str, Any]:
+    """The chat completions route's OpenAPI entry."""
+    return hot_operation(CHAT_COMPLETIONS, "Chat Completions", models.chat_completion,
+                         "A chat completion, or with stream=true a text/event-stream")  # fmt: skip
 
 
 def router(limited: RequestModels) -> APIRouter:

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from ...core.version import __version__
 from ...settings.settings import SERVICE_NAME, SERVICE_VERSION
 from ..auth import require_api_key
 from ..handlers import parse_body
@@ -42,6 +43,7 @@ def router(models: RequestModels) -> APIRouter:
                 "scaledown_window": _window_text(service.settings.scaledown_window),
             },
             "model": service.model_name,
+            "package_version": __version__,  # the server's; "version" stays the seed API's
         }
 
     @api.get("/health")

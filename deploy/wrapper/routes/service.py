@@ -21,8 +21,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from ...gateway import Gateway, KeyRecord
+from ...settings.deployment import read_deployment
 from ..auth import Caller, require_admin, require_api_key
 from ..responses import AUTH_ERRORS, errors
+from ..serving.progress import boot_report
 from ..serving.service import Service, Serving
 
 __all__ = ["router"]
@@ -31,7 +33,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)], responses=AUTH_ERROR
 
 # An engine's status as any key sees it (``EngineStatus`` fields; not its ``extra``).
 _PUBLIC_STATUS = frozenset(
-    {"model", "state", "queue_depth", "in_flight", "cold_starts", "scaledown_window"}
+    {"model", "state", "queue_depth", "in_flight", "cold_starts", "scaledown_window", "boot"}
 )
 _PUBLIC_FALLBACK = frozenset({"policy", "model"})
 
@@ -58,18 +60,24 @@ async def _status(service: Serving) -> dict[str, Any]:
     st = await service.transport.status()
     service.metrics.queue_depth.set(st.queue_depth)
     service.metrics.cold_starts.set(st.cold_starts)
-    out = {"model": service.model_name, **st.to_dict()}
+    gateway = service.gateway
+    out = {"model": service.model_name, **st.to_dict(),
+           "boot": boot_report(st, gateway, service.model_name)}  # fmt: skip
     if len(service.models) > 1:  # the default model above; every model, each on its own
-        out["models"] = {
-            name: (await served.transport.status()).to_dict()
-            for name, served in service.models.models.items()
-        }
+        out["models"] = {}
+        for name, served in service.models.models.items():
+            each = await served.transport.status()
+            out["models"][name] = {**each.to_dict(), "boot": boot_report(each, gateway, name)}
     cache = service.gateway.cache
     if cache is not None:  # this wrapper's own (the cache is per process)
         out["cache"] = {"entries": len(cache), "bytes": cache.bytes, "hits": cache.hits,
                         "misses": cache.misses}  # fmt: skip
     # The gateway's store: whether it answers, failures by operation, open or closed.
     out["state_store"] = service.gateway.store_status()
+    # The GPU's up-time and cost today and this month, per model (as of the last sync).
+    gpu = service.gateway.gpu_cached()
+    service.metrics.set_gpu(gpu)
+    out["gpu"] = gpu
     if service.cold is not None:
         cold = service.cold
         out["cold_fallback"] = {"policy": cold.policy, "model": cold.fallback.model_name,
@@ -81,7 +89,10 @@ async def _status(service: Serving) -> dict[str, Any]:
 async def status(service: Service, caller: Caller) -> dict[str, Any]:
     """Each engine's state, without waking it (an admin key sees every detail)."""
     out = await _status(service)
-    return out if caller.is_admin else _public(out)
+    if not caller.is_admin:
+        return _public(out)
+    # What was deployed: version, commit, settings hash, time (None on a local stack).
+    return {**out, "deployment": read_deployment()}
 
 
 @router.post("/warmup", status_code=HTTPStatus.ACCEPTED, responses=errors(404, 429))

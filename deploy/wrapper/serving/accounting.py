@@ -15,11 +15,33 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ...core.contract import Facts, Reply
+from ...core.contract import RESPONSE_ENDS, Facts, Reply
 from ...gateway.gateway import prompt_estimate
 from ..tokenize.counter import TokenCounter
 
-__all__ = ["StreamTally", "estimate_usage", "rough_usage", "split_by_model"]
+__all__ = ["RESPONSE_ENDS", "StreamTally", "as_chat_usage", "estimate_usage", "rough_usage",
+           "split_by_model", "usage_of"]  # fmt: skip
+
+
+def as_chat_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A Responses answer's usage (``input_tokens``, ``output_tokens``) as the books count a
+    chat's; any other (a chat's, an embeddings answer's) as it is."""
+    if not usage or "input_tokens" not in usage:
+        return usage
+    prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": int(usage.get("total_tokens") or prompt + completion)}  # fmt: skip
+
+
+def usage_of(chunk: dict[str, Any]) -> dict[str, Any] | None:
+    """The usage a stream part carries: a chat or text completion's usage chunk (no choices),
+    or a Responses stream's last event; None for any other part."""
+    if chunk.get("type") in RESPONSE_ENDS:
+        return as_chat_usage((chunk.get("response") or {}).get("usage"))
+    if chunk.get("usage") and not chunk.get("choices"):
+        return chunk["usage"]
+    return None
+
 
 log = logging.getLogger("vllm_autoscale.wrapper")
 
@@ -46,11 +68,17 @@ class StreamTally:
             await source.aclose()  # type: ignore[attr-defined]
 
     def _note(self, chunk: dict[str, Any]) -> None:
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
+        usage = usage_of(chunk) or (chunk.get("usage") if chunk.get("choices") else None)
+        if usage:
+            self.usage = usage
+        if str(chunk.get("type", "")).endswith(".delta") and isinstance(chunk.get("delta"), str):
+            self.texts.setdefault(0, []).append(chunk["delta"])  # a Responses text or call part
+            self.pieces += 1
+            return
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
-            parts = [delta.get("content"), delta.get("reasoning_content"), delta.get("reasoning")]
+            parts = [delta.get("content"), delta.get("reasoning_content"), delta.get("reasoning"),
+                     choice.get("text")]  # a text completion's part  # fmt: skip
             for call in delta.get("tool_calls") or ():
                 function = call.get("function") or {}
                 parts += [function.get("name"), function.get("arguments")]

@@ -52,7 +52,7 @@ class Batches:
         meta = call_meta(request, reply.facts or Facts(), started, served.settings)
         items = _items(reply.body, meta)
         answers = [item.get("response") for item in items]
-        self.books.batch(caller, ticket, bodies, answers, meta, served.name)
+        self.books.batch(caller, ticket, bodies, answers, meta, served.name, reply.facts)
         return {"object": "batch.chat.completion", "results": items,
                 "vllm_autoscale": meta}, meta  # fmt: skip
 

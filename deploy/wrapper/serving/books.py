@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ...core.contract import Facts
 from ...gateway import Gateway, KeyRecord
 from ...gateway.gateway import Admission
 from ..metrics import Metrics
@@ -34,9 +35,15 @@ class Books:
         meta: Meta,
         model: str | None = None,
         estimated: bool = False,
+        facts: Facts | None = None,
+        engine_model: str | None = None,
     ) -> None:
-        """An answer the engine (or the cold fallback) served."""
+        """An answer the engine (or the cold fallback) served; ``facts`` and
+        ``engine_model`` (the served model whose engine answered; None for the fallback)
+        feed the GPU up-time meter."""
         self.gateway.record(caller, model or self.default_model, usage, meta, estimated=estimated)
+        if engine_model is not None:
+            self.gateway.uptime.served(engine_model, caller.name, facts, meta["engine_ms"] / 1000)
         self.metrics.count_usage(usage, caller.name)
         self.metrics.count_key(caller.name, "served")
 
@@ -54,6 +61,7 @@ class Books:
         answers: Sequence[dict[str, Any] | None],
         meta: Meta,
         model: str,
+        facts: Facts | None = None,
     ) -> None:
         """A batch's answered items (None: a failed one): the caller's limits settled with
         their tokens, then each booked under the model or adapter it named, the call's cost
@@ -65,6 +73,9 @@ class Books:
             share = scaled(meta, len(group) / len(served))
             group_usage = sum_usage(r.get("usage") for r in group)
             self.gateway.record(caller, named or model, group_usage, share, requests=len(group))
+        if served:
+            self.gateway.uptime.served(model, caller.name, facts, meta["engine_ms"] / 1000,
+                                       requests=len(served))  # fmt: skip
         self.metrics.count_usage(usage, caller.name)
         for _ in served:
             self.metrics.count_key(caller.name, "served")

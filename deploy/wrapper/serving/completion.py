@@ -66,7 +66,9 @@ class Completions:
                          "engine" if by_engine else "fallback")  # fmt: skip
         # The books (limits settled, ledger, metrics, cache): once the answer is on its way.
         model = body.get("model") if by_engine else transport.model_name
-        self.gateway.later(self._book, caller, ticket, reply.body, meta, model, by_engine, found)
+        engine = served.name if by_engine else None  # the model whose engine answered
+        self.gateway.later(self._book, caller, ticket, reply.body, meta, model, engine, found,
+                           reply.facts)  # fmt: skip
         return reply.body, meta
 
     def _book(
@@ -76,12 +78,13 @@ class Completions:
         answer: dict[str, Any],
         meta: Meta,
         model: str | None,
-        by_engine: bool,
+        engine: str | None,
         found: CacheLookup,
+        facts: Facts | None,
     ) -> None:
         usage = answer.get("usage")
         ticket.settle(tokens(usage))
-        self.books.served(caller, usage, meta, model)
+        self.books.served(caller, usage, meta, model, facts=facts, engine_model=engine)
         # Only the engine's answers are kept: a fallback's would outlive the cold start.
-        if found.store and by_engine and self.gateway.cache is not None:
+        if found.store and engine is not None and self.gateway.cache is not None:
             self.gateway.cache.put(found.key or "", answer, streamed=False)

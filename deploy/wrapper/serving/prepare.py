@@ -14,17 +14,25 @@ from typing import Any
 
 from fastapi import Request
 
-from ...core.contract import EngineTransport
+from ...core.contract import ENDPOINT_KEY, Endpoint, EngineTransport
 from ...core.errors import InvalidRequest
 from ...gateway import KeyRecord
 from ...settings.settings import Settings
 from ...transports.fallback import ColdRouter
-from ..protocol import ChatCompletionRequest, ChatRequest
+from ..protocol import (
+    ChatCompletionRequest,
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponsesRequest,
+)
+from .endpoints import CHAT, check_endpoint
 from .registry import ModelRegistry, ServedModel
 
 __all__ = ["Preparer"]
 
 _INT64 = (-(2**63), 2**64 - 1)
+OpenAIRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest
 
 
 class Preparer:
@@ -44,13 +52,22 @@ class Preparer:
             body["max_tokens"] = default
         return body
 
-    def engine_body(self, req: ChatCompletionRequest, param_prefix: str = "") -> dict[str, Any]:
+    def engine_body(
+        self, req: OpenAIRequest, param_prefix: str = "", endpoint: Endpoint = CHAT
+    ) -> dict[str, Any]:
         """vLLM's body for an OpenAI request (after the model check): ``model`` is the name the
-        routed engine knows (a model's, or an adapter's on its base)."""
-        _, name = self.models.resolve(req.model, f"{param_prefix}model")
+        routed engine knows (a model's, or an adapter's on its base); the route it is for
+        travels in the body (``ENDPOINT_KEY``), never as the caller set it."""
+        served, name = self.models.resolve(req.model, f"{param_prefix}model")
+        check_endpoint(served, endpoint, f"{param_prefix}model")
         if req.model_extra:
             _check_integers(req.model_extra, param_prefix)
-        return self._with_default_max_tokens(req.to_engine(name))
+        body = req.to_engine(name)
+        body.pop(ENDPOINT_KEY, None)
+        if endpoint == CHAT:
+            return self._with_default_max_tokens(body)
+        body[ENDPOINT_KEY] = endpoint
+        return body if endpoint != "/v1/completions" else self._with_default_max_tokens(body)
 
     def seed_body(self, req: ChatRequest) -> dict[str, Any]:
         """vLLM's body for the seed's ``/chat`` request."""

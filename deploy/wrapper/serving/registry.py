@@ -5,6 +5,11 @@ each scaling to zero on its own), settings (window, price, limits) and profile. 
 belong to a base model: ``model=<adapter>`` goes to its base's engine, which vLLM serves the
 adapter on under that name. A request that names no model gets the first (the default); an
 unknown name gets 404 listing every name served.
+
+Each served model also answers to a slash-free alias (``slash_free_alias``: the part after the
+last ``/``, lower-cased, made unique): clients such as the OpenAI Agents SDK read a slash as a
+provider prefix. An alias routes like the served name, and the engine, the ledger and the
+cache see the served name only.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ...settings.settings import MODEL_PRESETS, Settings
 from ..handlers import InvalidRequest
 from ..tokenize.counter import TokenCounter
 
-__all__ = ["ModelRegistry", "ServedModel", "describe_served_model"]
+__all__ = ["ModelRegistry", "ServedModel", "describe_served_model", "slash_free_alias"]
 
 
 @dataclass
@@ -52,6 +57,12 @@ class ModelRegistry:
             self.models[name] = ServedModel(name, transport, own, model_info,
                                             TokenCounter(model_info))  # fmt: skip
         self.default = next(iter(self.models.values()))
+        self.aliases: dict[str, str] = {}
+        """Slash-free alias -> served name."""
+        for name in self.models:
+            alias = slash_free_alias(name, {*self.models, *self.aliases})
+            if alias is not None:
+                self.aliases[alias] = name
         self.adapters: dict[str, tuple[str, str]] = {}
         """Adapter name -> (base model, source)."""
         for served in self.models.values():
@@ -60,12 +71,14 @@ class ModelRegistry:
                 declared |= served.transport.adapters()
             for adapter, source in declared.items():
                 self.adapters[adapter] = (served.name, source)
+        for adapter in self.adapters:  # a declared adapter's name wins over an alias
+            self.aliases.pop(adapter, None)
 
     def __len__(self) -> int:
         return len(self.models)
 
     def names(self) -> list[str]:
-        return [*self.models, *self.adapters]
+        return [*self.models, *self.aliases, *self.adapters]
 
     def resolve(self, name: str | None, param: str = "model") -> tuple[ServedModel, str]:
         """The served model a request goes to, and the name the engine knows it by."""
@@ -74,6 +87,9 @@ class ModelRegistry:
         served = self.models.get(name)
         if served is not None:
             return served, name
+        aliased = self.aliases.get(name)
+        if aliased is not None:
+            return self.models[aliased], aliased
         adapter = self.adapters.get(name)
         if adapter is not None:
             return self.models[adapter[0]], name
@@ -93,14 +109,32 @@ class ModelRegistry:
     def cards(self) -> list[dict[str, Any]]:
         """``GET /v1/models``: every model with its engine's state (as last seen: listing
         never wakes one), then every adapter with its base."""
+        aliases: dict[str, list[str]] = {}
+        for alias, name in self.aliases.items():
+            aliases.setdefault(name, []).append(alias)
         cards = [
-            {**m.info.model_card(), "state": m.transport.state_hint()} for m in self.models.values()
-        ]
+            {**m.info.model_card(), "aliases": aliases.get(m.name, []),
+             "state": m.transport.state_hint()}
+            for m in self.models.values()
+        ]  # fmt: skip
         for adapter, (base, source) in self.adapters.items():
             base_card = self.models[base].info.model_card()
             cards.append({**base_card, "id": adapter, "root": source, "parent": base,
                           "state": self.models[base].transport.state_hint()})  # fmt: skip
         return cards
+
+
+def slash_free_alias(name: str, taken: set[str]) -> str | None:
+    """``name``'s alias: the part after its last ``/``, lower-cased, with ``-2``, ``-3``...
+    when that is ``taken``; None when ``name`` is already its own alias."""
+    base = name.rsplit("/", 1)[-1].lower() or "model"
+    if base == name:
+        return None
+    alias, n = base, 1
+    while alias in taken:
+        n += 1
+        alias = f"{base}-{n}"
+    return alias
 
 
 def describe_served_model(transport: EngineTransport, settings: Settings) -> ModelInfo:

@@ -27,6 +27,7 @@ from ..metrics import Metrics
 from .batch import Batches
 from .books import Books
 from .completion import Completions
+from .direct import DirectCalls
 from .lifecycle import Lifecycle
 from .prepare import Preparer
 from .registry import ModelRegistry
@@ -71,6 +72,9 @@ class Serving:
         """A ``StreamRun`` (its first item in), or a cache hit's ``Replay``."""
         self.batch = batches.run
         """A batch's ``Completion``: every item in its slot, and the call's meta."""
+        self.direct = DirectCalls(prep, self.lifecycle, books, gateway).call
+        """An embeddings or Responses answer, straight from its model's engine, and the
+        call's meta."""
         self.drain = self.lifecycle.drain
         """Shutting down: no new work, what is in flight finishes, open streams end."""
 

@@ -18,16 +18,18 @@ from typing import Any
 
 from fastapi import Request
 
+from ...core import sse as codec
 from ...core.contract import EngineTransport, Facts
 from ...core.errors import EngineError
 from ...gateway import Gateway, KeyRecord
 from ...gateway.cache import CacheLookup, StreamRecorder
 from ...gateway.gateway import Admission
 from ..metrics import Metrics
-from .accounting import StreamTally, estimate_usage, rough_usage
+from .accounting import RESPONSE_ENDS, StreamTally, estimate_usage, rough_usage, usage_of
 from .books import Books, tokens
 from .lifecycle import Lifecycle
 from .meta import Meta, call_meta, stream_headers
+from .progress import OPEN_AFTER_S, progress_event
 from .registry import ServedModel
 from .streaming import DONE, END, HEARTBEAT, KEEP_ALIVE, StreamPump, sse
 from .tool_stream import ToolCallAssembler, wants_tool_assembly
@@ -46,6 +48,7 @@ class StreamParts:
     gateway: Gateway
     metrics: Metrics
     heartbeat_interval: float
+    progress_interval: float
 
 
 class StreamRun:
@@ -75,6 +78,7 @@ class StreamRun:
         by_engine = transport is served.transport
         self.served_by = "engine" if by_engine else "fallback"
         self.model = body.get("model") if by_engine else transport.model_name
+        self.engine_model = served.name if by_engine else None  # for the GPU up-time meter
         self.cache = "miss" if lookup.store else "bypass"
         # Only the engine's answers are kept: a fallback's would outlive the cold start.
         self.recorder = StreamRecorder() if lookup.store and by_engine else None
@@ -83,7 +87,9 @@ class StreamRun:
         # The tally sees every chunk the engine sends, ahead of the client: a stream that ends
         # without the engine's usage is still booked (_book_unfinished).
         self.tally = StreamTally()
-        self.pump = StreamPump(self.tally.watch(transport.stream(body)), parts.heartbeat_interval)
+        self.transport, self.progress_model = transport, served.name
+        self.pump = StreamPump(self.tally.watch(transport.stream(body)), parts.heartbeat_interval,
+                               parts.progress_interval, OPEN_AFTER_S)  # fmt: skip
         parts.lifecycle.opened(self.pump)
 
     async def abort(self) -> None:
@@ -108,9 +114,10 @@ class StreamRun:
 
     async def _relay(self, item: Any) -> AsyncIterator[bytes]:
         first_token, tools, pump = True, self.tools, self.pump
+        waiting = True  # no part of the answer yet: heartbeats carry the cold start's progress
         while item is not END:
             if item is HEARTBEAT:
-                yield KEEP_ALIVE
+                yield await self._progress() if waiting else KEEP_ALIVE
             elif isinstance(item, EngineError):
                 log.warning("stream failed: %s", item.message,
                             extra={"request_id": self.request.state.request_id})  # fmt: skip
@@ -119,6 +126,7 @@ class StreamRun:
             elif isinstance(item, Exception):
                 raise item
             else:  # its facts are the tally's (it saw this part first)
+                waiting = False
                 chunk = item.body if tools is None else tools.feed(item.body)
                 if chunk is None:  # a tool call's piece, held until the call is whole
                     item = await pump.get()
@@ -128,8 +136,12 @@ class StreamRun:
                 if first_token and chunk.get("choices"):
                     self.parts.metrics.ttft.observe(time.perf_counter() - self.started)
                     first_token = False
-                if chunk.get("usage") and not chunk.get("choices"):
-                    meta = self._book(chunk["usage"])
+                usage = usage_of(chunk)
+                if usage is not None and chunk.get("type") in RESPONSE_ENDS:
+                    self._book(usage)  # a Responses stream's last event: always relayed
+                    yield sse(chunk)
+                elif usage is not None:
+                    meta = self._book(usage)
                     if self.wants_usage:
                         chunk["vllm_autoscale"] = meta
                         yield sse(chunk)
@@ -143,12 +155,30 @@ class StreamRun:
             self._store_in_cache()
         yield DONE
 
+    async def _progress(self) -> bytes:
+        """A progress event (an SSE comment) while the stream waits for its engine."""
+        try:
+            status = await self.transport.status()
+        except Exception:  # a status that fails is no reason to end the stream
+            return KEEP_ALIVE
+        waited = time.perf_counter() - self.started
+        event = progress_event(status, self.parts.gateway, self.progress_model, waited)
+        return codec.progress(event)
+
     def _book(self, usage: dict[str, Any], estimated: bool = False) -> Meta:
         """The stream in the books, kept once (limits settled, ledger, metrics); its meta."""
         meta = call_meta(self.request, self.tally.facts or Facts(), self.started, self.settings,
                          self.cache, self.served_by)  # fmt: skip
         self.ticket.settle(tokens(usage))
-        self.parts.books.served(self.caller, usage, meta, self.model, estimated=estimated)
+        self.parts.books.served(
+            self.caller,
+            usage,
+            meta,
+            self.model,
+            estimated=estimated,
+            facts=self.tally.facts,
+            engine_model=self.engine_model,
+        )
         self.booked = True
         return meta
 

@@ -53,22 +53,37 @@ def sse_stream(events: list[dict[str, Any]], headers: dict[str, str]) -> Streami
 class StreamPump:
     """Reads a stream in one task into a queue, and puts ``HEARTBEAT`` in whenever
     ``interval`` passes without an item: the reader awaits one queue, with no task or timer
-    per chunk. Items are chunks, then ``END``, or the exception that ended the stream."""
+    per chunk. Items are chunks, then ``END``, or the exception that ended the stream.
 
-    def __init__(self, source: AsyncIterator[Any], interval: float) -> None:
+    Before the first item (a cold engine), the beat is faster: the first after ``open_after``
+    seconds (so the response's headers leave at once), then every ``waiting_interval``: the
+    stream's progress events ride on them."""
+
+    def __init__(
+        self,
+        source: AsyncIterator[Any],
+        interval: float,
+        waiting_interval: float | None = None,
+        open_after: float | None = None,
+    ) -> None:
         self._source, self._interval = source, interval
+        self._waiting_interval = min(interval, waiting_interval or interval)
         self._loop = asyncio.get_running_loop()
         # Bounded: a slow reader holds the engine stream back instead of buffering it all.
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         self._last = self._loop.time()
+        self._started = False
         self._task = asyncio.ensure_future(self._run())
-        self._timer = self._loop.call_at(self._last + interval, self._tick)
+        self._first = min(self._waiting_interval, open_after or self._waiting_interval)
+        self._ticked = False
+        self._timer = self._loop.call_at(self._last + self._first, self._tick)
         self._interrupted: Exception | None = None
 
     async def _run(self) -> None:
         try:
             async for item in self._source:
                 self._last = self._loop.time()
+                self._started = True
                 await self._queue.put(item)
             end: Any = END
         except Exception as exc:  # handed to the reader, which decides what the caller sees
@@ -77,11 +92,13 @@ class StreamPump:
 
     def _tick(self) -> None:
         now = self._loop.time()
-        if now >= self._last + self._interval:
+        interval = self._interval if self._started else self._waiting_interval
+        if now >= self._last + (interval if self._ticked else self._first) - 1e-3:
             if self._queue.empty():
                 self._queue.put_nowait(HEARTBEAT)
             self._last = now
-        self._timer = self._loop.call_at(self._last + self._interval, self._tick)
+        self._ticked = True
+        self._timer = self._loop.call_at(self._last + interval, self._tick)
 
     async def get(self) -> Any:
         if self._interrupted is not None and self._queue.empty():

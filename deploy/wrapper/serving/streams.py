@@ -13,13 +13,14 @@ from typing import Any, NamedTuple
 
 from fastapi import Request
 
-from ...core.contract import EngineTransport, Reply
+from ...core.contract import ENDPOINT_KEY, EngineTransport, Reply
 from ...gateway import Gateway, KeyRecord
-from ...gateway.cache import replay_chunks
+from ...gateway.cache import CacheLookup, replay_chunks
 from ...settings.settings import Settings
 from ..metrics import Metrics
 from .books import Books
 from .completion import lookup
+from .endpoints import RESPONSES
 from .lifecycle import Lifecycle
 from .meta import SSE_HEADERS, hit_meta
 from .prepare import Preparer
@@ -46,26 +47,34 @@ class Streams:
         settings: Settings,
     ) -> None:
         self.prep, self.lifecycle, self.books, self.gateway = prep, lifecycle, books, gateway
-        self.parts = StreamParts(lifecycle, books, gateway, metrics, settings.heartbeat_interval)
+        self.parts = StreamParts(lifecycle, books, gateway, metrics, settings.heartbeat_interval,
+                                 settings.progress_interval)  # fmt: skip
 
-    async def open(self, request: Request, body: dict[str, Any]) -> StreamRun | Replay:
-        """The stream ``body`` asks for, its first item read (or its error raised)."""
+    async def open(
+        self, request: Request, body: dict[str, Any], cacheable: bool = True
+    ) -> StreamRun | Replay:
+        """The stream ``body`` asks for, its first item read (or its error raised).
+        ``cacheable``: False for a stream the cache cannot replay (a text completion's)."""
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         caller: KeyRecord = request.state.caller
-        found = lookup(self.gateway, request, caller, body)
+        found = lookup(self.gateway, request, caller, body) if cacheable else CacheLookup(None)
         if found.hit is not None:
             self.books.hit(caller, body.get("model"), found.hit)
             return replay(request, found.hit, wants_usage)
-        # Usage always travels from the engine (metrics and the ledger count it); callers
-        # who did not ask for the usage chunk do not get it.
-        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        responses = body.get(ENDPOINT_KEY) == RESPONSES  # its last event carries the usage
+        if not responses:
+            # Usage always travels from the engine (metrics and the ledger count it); callers
+            # who did not ask for the usage chunk do not get it.
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         self.lifecycle.admit()
         ticket = self.gateway.admit(caller, [body], stream=True)
         served = self.prep.route(body)
         self.prep.salt(caller, body)
         started = time.perf_counter()
         try:
-            transport = await self.prep.pick(request, served.transport)
+            # A Responses stream never goes to the cold fallback (see direct.py).
+            transport = served.transport if responses else await self.prep.pick(
+                request, served.transport)  # fmt: skip
         except BaseException:
             ticket.settle(None)
             raise

@@ -27,13 +27,18 @@ from typing import Any
 
 import orjson
 
+from ...core.contract import ENDPOINT_KEY
+
 __all__ = ["ToolCallAssembler", "wants_tool_assembly"]
 
 log = logging.getLogger("vllm_autoscale.wrapper")
 
 
 def wants_tool_assembly(body: dict[str, Any]) -> bool:
-    """Whether a stream for this request may carry tool calls (tools offered, not "none")."""
+    """Whether a stream for this request may carry chat tool calls (tools offered, not
+    "none"; a Responses stream sends its calls as events of their own)."""
+    if body.get(ENDPOINT_KEY) not in (None, "/v1/chat/completions"):
+        return False
     return bool(body.get("tools")) and body.get("tool_choice") != "none"
 
 

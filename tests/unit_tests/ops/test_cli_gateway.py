@@ -74,17 +74,25 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_usage_table_shows_each_row_and_the_totals(wrapper, capsys) -> None:
-    seen = wrapper(lambda request: httpx.Response(200, json=USAGE))
+    month = {"up_s": 900.0, "busy_s": 150.0, "boot_s": 80.0, "idle_s": 670.0,
+             "cost_usd": 0.625, "allocated_usd": 0.6, "unallocated_usd": 0.025,
+             "always_on_usd": 1250.0}  # fmt: skip
+    gpu = {"models": {"m": {"month": month}}}
+    seen = wrapper(lambda request: httpx.Response(
+        200, json=gpu if request.url.path == "/v1/gpu" else USAGE))  # fmt: skip
     code, out, _ = run(
         capsys, "usage", "--url", URL, "--api-key", ADMIN, "--start", "2025-05-01",
         "--end", "2025-05-31",
     )  # fmt: skip
     assert code == 0
-    [request] = seen
+    request, bill = seen
+    assert bill.url.path == "/v1/gpu"  # the month's bill against always-on, under the table
+    assert "GPU up 900 s, 0.625 USD" in out and "idle 670 s" in out and "always on: 1,250.00" in out
     assert request.url.path == "/v1/usage"
     assert dict(request.url.params) == {"start": "2025-05-01", "end": "2025-05-31"}
     assert request.headers["authorization"] == f"Bearer {ADMIN}"
-    for header in ("cache hits", "prompt tok", "completion tok", "GPU s", "cost USD"):
+    for header in ("cache hits", "prompt tok", "completion tok", "GPU s", "boot s", "idle s",
+                   "cost USD"):  # fmt: skip
         assert header in out
     lines = out.splitlines()
     [alice] = [line for line in lines if "2025-05-01" in line and "alice" in line]

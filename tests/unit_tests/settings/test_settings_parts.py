@@ -45,6 +45,7 @@ SNAPSHOT = {
     "tool_call_parser": ("str | None", None, ""),
     "chat_template": ("str | None", None, ""),
     "reasoning_parser": ("str | None", None, ""),
+    "runner": ("Optional[Literal['generate', 'pooling']]", None, ""),
     "mode": ("Literal['autoscale', 'integrated']", "autoscale", ""),
     "scaledown_window": ("int", 120, "Ge(ge=2) Le(le=3600)"),
     "max_containers": ("int", 1, "Ge(ge=1) Le(le=100)"),
@@ -64,6 +65,7 @@ SNAPSHOT = {
     "api_keys_file": ("Path | None", None, ""),
     "default_rpm": ("int | None", None, "Ge(ge=0)"),
     "default_tpm": ("int | None", None, "Ge(ge=0)"),
+    "tpm_completion_reserve": ("int | None", None, "Ge(ge=0)"),
     "default_max_streams": ("int | None", None, "Ge(ge=0)"),
     "default_monthly_budget_usd": ("float | None", None, "Ge(ge=0)"),
     "state_url": ("str | None", None, ""),
@@ -73,12 +75,14 @@ SNAPSHOT = {
     "state_key_grace": ("float", 60.0, "Gt(gt=0)"),
     "request_cost_estimate_usd": ("float | None", None, "Ge(ge=0)"),
     "prefix_cache_isolation": ("Literal['shared', 'per_key']", "shared", ""),
+    "gpu_cost_allocation": ("Literal['proportional', 'overhead']", "proportional", ""),
     "cache_max_entries": ("int", 1024, "Ge(ge=0)"),
     "cache_max_bytes": ("int", 67108864, "Ge(ge=1024)"),
     "cache_ttl": ("float", 3600.0, "Gt(gt=0)"),
     "cache_shared": ("bool", False, ""),
     "max_queue": ("int", 256, "Ge(ge=1)"),
     "queue_timeout": ("float", 600, "Gt(gt=0)"),
+    "progress_interval": ("float", 2.0, "Gt(gt=0)"),
     "heartbeat_interval": ("float", 10.0, "Gt(gt=0)"),
     "max_body_bytes": ("int", 4000000, "Ge(ge=1024)"),
     "max_messages": ("int", 1024, "Ge(ge=1)"),
@@ -101,7 +105,7 @@ CONCERNS = {
         "model", "model_revision", "served_name", "adapters", "enable_lora", "max_lora_rank",
         "models", "gpu", "tensor_parallel_size", "max_model_len", "max_num_seqs",
         "enforce_eager", "tool_call_parser", "chat_template", "reasoning_parser",
-        "gpu_price_per_hour",
+        "gpu_price_per_hour", "runner",
     }),
     ScalingPart: ("scaling", {
         "mode", "scaledown_window", "max_containers", "target_inputs", "startup_timeout",
@@ -110,13 +114,16 @@ CONCERNS = {
     }),
     GatewayPart: ("gateway", {
         "public_docs", "wrapper_api_key", "api_keys", "api_keys_file", "default_rpm",
-        "default_tpm", "default_max_streams", "default_monthly_budget_usd", "state_url",
+        "default_tpm", "tpm_completion_reserve", "default_max_streams",
+        "default_monthly_budget_usd", "state_url",
         "state_sync_interval", "require_key", "state_spill_dir", "state_key_grace",
-        "request_cost_estimate_usd", "prefix_cache_isolation", "cache_max_entries",
+        "request_cost_estimate_usd", "prefix_cache_isolation", "gpu_cost_allocation",
+        "cache_max_entries",
         "cache_max_bytes", "cache_ttl", "cache_shared",
     }),
     HttpPart: ("http", {
-        "max_queue", "queue_timeout", "heartbeat_interval", "max_body_bytes", "max_messages",
+        "max_queue", "queue_timeout", "heartbeat_interval", "progress_interval",
+        "max_body_bytes", "max_messages",
         "max_tokens_limit", "default_max_tokens", "max_batch", "header_timeout",
         "keepalive_timeout", "body_timeout", "max_header_bytes", "max_connections",
     }),
@@ -139,6 +146,7 @@ ENV_SAMPLES: dict[str, tuple[str, object]] = {
     "tool_call_parser": ("hermes", "hermes"),
     "chat_template": ("chatml_tools.jinja", "chatml_tools.jinja"),
     "reasoning_parser": ("qwen3", "qwen3"),
+    "runner": ("pooling", "pooling"),
     "gpu_price_per_hour": ("3.5", 3.5),
     "mode": ("integrated", "integrated"),
     "scaledown_window": ("300", 300),
@@ -159,6 +167,7 @@ ENV_SAMPLES: dict[str, tuple[str, object]] = {
     "api_keys_file": ("/tmp/keys.toml", Path("/tmp/keys.toml")),
     "default_rpm": ("5", 5),
     "default_tpm": ("6", 6),
+    "tpm_completion_reserve": ("300", 300),
     "default_max_streams": ("7", 7),
     "default_monthly_budget_usd": ("8.5", 8.5),
     "state_url": ("memory://", "memory://"),
@@ -168,6 +177,7 @@ ENV_SAMPLES: dict[str, tuple[str, object]] = {
     "state_key_grace": ("9", 9.0),
     "request_cost_estimate_usd": ("0.01", 0.01),
     "prefix_cache_isolation": ("per_key", "per_key"),
+    "gpu_cost_allocation": ("overhead", "overhead"),
     "cache_max_entries": ("0", 0),
     "cache_max_bytes": ("2048", 2048),
     "cache_ttl": ("5", 5.0),
@@ -175,6 +185,7 @@ ENV_SAMPLES: dict[str, tuple[str, object]] = {
     "max_queue": ("3", 3),
     "queue_timeout": ("4", 4.0),
     "heartbeat_interval": ("1", 1.0),
+    "progress_interval": ("0.5", 0.5),
     "max_body_bytes": ("2048", 2048),
     "max_messages": ("2", 2),
     "max_tokens_limit": ("100", 100),
@@ -226,7 +237,8 @@ def test_every_field_keeps_its_type_default_and_constraints() -> None:
 
 def test_every_field_keeps_its_env_name(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(ENV_SAMPLES) == set(SNAPSHOT)
-    assert Settings.env_names() == {f"VLLM_{name.upper()}" for name in SNAPSHOT}
+    # And the settings file's name (deploy/settings/config_file.py): the service's, not vLLM's.
+    assert Settings.env_names() == {f"VLLM_{name.upper()}" for name in SNAPSHOT} | {"VLLM_CONFIG"}
     for name, (raw, expected) in ENV_SAMPLES.items():
         with monkeypatch.context() as env:
             env.setenv(f"VLLM_{name.upper()}", raw)

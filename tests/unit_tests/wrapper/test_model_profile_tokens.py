@@ -119,6 +119,8 @@ async def test_models_reports_context_and_capabilities_without_the_engine() -> N
     assert card["id"] == MODEL and card["object"] == "model"
     assert card["max_model_len"] == 32768
     assert card["capabilities"] == {
+        "task": "generation",
+        "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/responses"],
         "tool_calling": True, "tool_parser": "hermes", "structured_output": True,
         "reasoning": True, "reasoning_parser": "qwen3", "image_inputs": False,
         "max_output_tokens": 64, "token_counting": True,

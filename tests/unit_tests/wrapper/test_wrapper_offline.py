@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from deploy.core.contract import Facts
 from deploy.core.errors import EngineRequestError, EngineStartError, EngineUnavailable, Overloaded
+from deploy.core.version import __version__
 from tests.unit_tests.wrapper_fake import (
     KEY,
     MODEL,
@@ -168,6 +169,7 @@ async def test_root_is_the_seeds_json(client: httpx.AsyncClient, fake: FakeTrans
             "scaledown_window": "2 minutes",
         },
         "model": MODEL,
+        "package_version": __version__,  # added beside the seed's fields, none changed
     }
     assert fake.status_calls == 0  # never wakes (or even asks) the engine
 
@@ -786,6 +788,10 @@ async def test_status_is_the_transports_status_plus_model(
     assert response.status_code == 200
     status = response.json()
     assert status.pop("state_store")["ok"] is True  # the gateway's store (admins only)
+    gpu = status.pop("gpu")[MODEL]  # the GPU's up-time and cost (admins only)
+    assert status.pop("boot") == {"last_boots_s": []}  # no boot seen: no estimate
+    assert status.pop("deployment") is None  # nothing deployed: a local app
+    assert gpu["today"]["up_s"] == 0 and gpu["month"]["always_on_usd"] > 0
     assert status == {
         "model": MODEL,
         "state": "cold",

@@ -35,6 +35,14 @@ CHAT_URL = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
 STREAM = {"messages": MESSAGES, "stream": True}
 KEEP_ALIVE = ": keep-alive"
+PROGRESS = ": vllm-autoscale-progress "
+
+
+def _progress(event: str) -> dict | None:
+    """A progress comment's JSON, or None for any other event."""
+    return json.loads(event.removeprefix(PROGRESS)) if event.startswith(PROGRESS) else None
+
+
 DONE = "data: [DONE]"
 
 
@@ -169,8 +177,10 @@ async def test_stream_usage_is_counted_even_when_not_passed() -> None:
 # -- heartbeats -----------------------------------------------------------------------------------
 
 
-async def test_heartbeats_fill_the_wait_for_the_first_chunk() -> None:
-    app, fake = app_for(heartbeat_interval=0.02)
+async def test_progress_events_fill_the_wait_for_the_first_chunk() -> None:
+    """While a cold engine starts, the stream's beats are progress comments (state, elapsed
+    seconds, estimate); clients that know none of it skip them as SSE comments."""
+    app, fake = app_for(heartbeat_interval=0.02, progress_interval=0.02)
     fake.facts = Facts(cold_start=True, queue_wait_s=0.1)
     fake.stream_delay = 0.1
     async with client_for(app) as client:
@@ -180,10 +190,15 @@ async def test_heartbeats_fill_the_wait_for_the_first_chunk() -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     events = sse_events(response.text)
-    beats = [i for i, e in enumerate(events) if e == KEEP_ALIVE]
+    beats = [i for i, e in enumerate(events) if _progress(e) is not None]
     first_data = next(i for i, e in enumerate(events) if e.startswith("data: "))
     assert beats and beats[0] == 0 and max(beats) < first_data
     assert len(beats) <= 10  # about one per interval of the 0.1 s wait, not a flood
+    first = _progress(events[0])
+    assert first is not None and first["object"] == "vllm_autoscale.progress"
+    assert first["state"] == "cold" and first["model"] == fake.model_name
+    assert first["eta_s"] is None  # no boot seen yet: no estimate made up
+    assert KEEP_ALIVE not in events[first_data:]  # the stream went faster than the beat
     payloads = sse_data(events)
     assert _texts(payloads) == ["Hel", "lo"] and payloads[-1] == "[DONE]"
     # The facts still come from the first part, though heartbeats went before it.
@@ -191,12 +206,12 @@ async def test_heartbeats_fill_the_wait_for_the_first_chunk() -> None:
     assert payloads[-2]["vllm_autoscale"]["queue_wait_ms"] == 100.0
 
 
-async def test_no_heartbeats_when_the_engine_answers_at_once(
+async def test_no_heartbeats_or_progress_when_the_engine_answers_at_once(
     client: httpx.AsyncClient,
 ) -> None:
     # heartbeat_interval is 10 s here: a prompt stream has no silence to fill.
     response = await client.post(CHAT_URL, json=STREAM)
-    assert KEEP_ALIVE not in response.text
+    assert KEEP_ALIVE not in response.text and PROGRESS not in response.text
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -265,7 +280,7 @@ async def test_an_error_after_the_last_chunk_still_reaches_the_caller(
 async def test_an_error_during_the_heartbeats_is_an_sse_error_event() -> None:
     # Once a heartbeat has gone out the status is 200: a cold start that then fails (or
     # overflows the queue) can only be told in the stream.
-    app, fake = app_for(heartbeat_interval=0.02)
+    app, fake = app_for(heartbeat_interval=0.02, progress_interval=0.02)
     fake.stream_delay = 0.1
     fake.stream_error_at = 0
     fake.stream_error = Overloaded("still starting", retry_after=30)
@@ -273,10 +288,35 @@ async def test_an_error_during_the_heartbeats_is_an_sse_error_event() -> None:
         response = await client.post(CHAT_URL, json=STREAM)
     assert response.status_code == 200
     events = sse_events(response.text)
-    assert events[0] == KEEP_ALIVE
+    assert _progress(events[0]) is not None
     assert events[-1] == DONE
     assert json.loads(events[-2].removeprefix("data: "))["error"]["type"] == "overloaded"
-    assert all(e == KEEP_ALIVE for e in events[:-2])
+    assert all(_progress(e) is not None for e in events[:-2])
+
+
+async def test_a_stream_opens_within_half_a_second_whatever_the_heartbeat() -> None:
+    """A cold stream's headers and a first progress event leave after half a second, not
+    after the first heartbeat interval (10 s here)."""
+    app, fake = app_for()
+    fake.stream_delay = 0.8
+    loop = asyncio.get_running_loop()
+    began, started = loop.time(), []
+
+    async def timed(scope, receive, send):  # type: ignore[no-untyped-def]
+        async def send_timed(message):  # type: ignore[no-untyped-def]
+            if message["type"] == "http.response.start":
+                started.append(loop.time() - began)
+            await send(message)
+
+        await app(scope, receive, send_timed)
+
+    asgi = httpx.ASGITransport(app=timed)
+    async with httpx.AsyncClient(transport=asgi, base_url="http://wrapper") as client:
+        response = await client.post(CHAT_URL, json=STREAM,
+                                     headers={"authorization": f"Bearer {KEY}"})  # fmt: skip
+    assert response.status_code == 200
+    assert started[0] < 0.75  # the engine's first chunk came at 0.8 s
+    assert _progress(sse_events(response.text)[0]) is not None
 
 
 async def test_a_stream_for_another_model_never_reaches_the_engine(
