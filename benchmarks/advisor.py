@@ -161,9 +161,12 @@ def _section(title: str, r: dict[str, Any]) -> list[str]:
         "| mean wait (s) | p95 wait (s) | cold starts/day |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    alone = "best window, no schedule"
+    if not r["best_window_without_schedule"]["fits"]:
+        alone = "least waiting window, no schedule (none fits)"
     for key, name in (
         ("recommended", "recommended"),
-        ("best_window_without_schedule", "best window, no schedule"),
+        ("best_window_without_schedule", alone),
         ("seed_120s", "seed's 120 s"),
         ("always_on", "always on"),
     ):

@@ -291,6 +291,21 @@ class ServiceClient:
 
     # -- clients ------------------------------------------------------------------------------
 
+    @classmethod
+    def for_model(cls, model: Any) -> ServiceClient:
+        """The client of a model class (the chat model, the embeddings): its URL, key,
+        time-outs, retries, headers and test transports, read from its fields."""
+        return cls(
+            model.base_url,
+            api_key=model.api_key.get_secret_value() if model.api_key else None,
+            timeout=model.timeout,
+            connect_timeout=model.connect_timeout,
+            max_retries=model.max_retries,
+            headers=model.default_headers,
+            transport=model.http_transport,
+            async_transport=model.http_async_transport,
+        )
+
     @property
     def _sync(self) -> httpx.Client:
         # Built on first use: creating a model stays cheap (an httpx client builds an SSL

@@ -72,16 +72,7 @@ class VLLMAutoscaleEmbeddings(BaseModel, Embeddings):
 
     @model_validator(mode="after")
     def _build_client(self) -> VLLMAutoscaleEmbeddings:
-        self._client = ServiceClient(
-            self.base_url,
-            api_key=self.api_key.get_secret_value() if self.api_key else None,
-            timeout=self.timeout,
-            connect_timeout=self.connect_timeout,
-            max_retries=self.max_retries,
-            headers=self.default_headers,
-            transport=self.http_transport,
-            async_transport=self.http_async_transport,
-        )
+        self._client = ServiceClient.for_model(self)
         return self
 
     def _batches(self, texts: list[str]) -> Iterator[list[str]]:

@@ -18,7 +18,9 @@ that it can recommend a schedule without being handed one. How they are found:
 * Left out, as chance rather than a weekly pattern: a schedule whose closed hours are not
   quiet (requests on more than ``MAX_CLOSED_SHARE`` of their days, all of them together:
   thin round-the-clock traffic, whose idle hours in the trace are luck that next month
-  will not repeat, while the replay of this trace would reward them); one open more than
+  will not repeat, while the replay of this trace would reward them); one whose open hours
+  hold less than ``MIN_COVERED_SHARE`` of the requests (sparse traffic, where two requests
+  in the same hour of two Tuesdays are a coincidence, not a busy hour); one open more than
   ``MAX_OPEN_SHARE`` of the week (the few idle hours then are as likely luck, and always
   on is a row of its own; a threshold whose tight schedule is one gives no variants
   either); and one of more than ``MAX_WINDOWS`` cron lines (busy hours scattered over the
@@ -40,6 +42,7 @@ __all__ = [
     "MAX_OPEN_SHARE",
     "MAX_WINDOWS",
     "MIN_BUSY_DAYS",
+    "MIN_COVERED_SHARE",
     "MIN_GAP_HOURS",
     "Candidate",
     "busy_hours",
@@ -52,6 +55,7 @@ MIN_GAP_HOURS = 3
 MAX_OPEN_SHARE = 0.9
 MAX_WINDOWS = 8
 MAX_CLOSED_SHARE = 0.1
+MIN_COVERED_SHARE = 0.5
 WEEK_HOURS = 7 * 24
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -77,14 +81,25 @@ def _zone(name: str) -> ZoneInfo:
         raise ValueError(f"{name!r} is not a time zone (e.g. Europe/Paris, UTC)") from None
 
 
-def busy_hours(trace: Trace, zone: str = "UTC") -> dict[Slot, tuple[int, int]]:
-    """Per slot the trace's span covers: (days it saw requests on, days the span covers that
-    hour of that weekday)."""
+@dataclass(frozen=True)
+class _Hour:
+    """One slot over the trace."""
+
+    days: int
+    """Days it saw requests on."""
+    seen: int
+    """Days the trace's span covers it."""
+    requests: int
+
+
+def _tally(trace: Trace, zone: str) -> dict[Slot, _Hour]:
     tz = _zone(zone)
     days: dict[Slot, set] = defaultdict(set)
+    requests: dict[Slot, int] = defaultdict(int)
     for t in trace.times:
         local = datetime.fromtimestamp(t, tz)
         days[(local.weekday(), local.hour)].add(local.date())
+        requests[(local.weekday(), local.hour)] += 1
     seen: dict[Slot, int] = defaultdict(int)
     day = datetime.fromtimestamp(trace.start, tz).date()
     last = datetime.fromtimestamp(trace.end, tz).date()
@@ -94,8 +109,18 @@ def busy_hours(trace: Trace, zone: str = "UTC") -> dict[Slot, tuple[int, int]]:
             if opens < trace.end and opens + 3600 > trace.start:
                 seen[(day.weekday(), hour)] += 1
         day += timedelta(days=1)
-    # A request in a slot means its hour was seen, whatever a skipped DST hour says.
-    return {slot: (len(days[slot]), max(n, len(days[slot]))) for slot, n in seen.items()}
+    # A request in a slot means its hour was seen, whatever a DST change or the span's
+    # last second says.
+    return {
+        slot: _Hour(len(days[slot]), max(seen[slot], len(days[slot])), requests[slot])
+        for slot in seen.keys() | days.keys()
+    }
+
+
+def busy_hours(trace: Trace, zone: str = "UTC") -> dict[Slot, tuple[int, int]]:
+    """Per slot the trace's span covers: (days it saw requests on, days the span covers that
+    hour of that weekday)."""
+    return {slot: (h.days, h.seen) for slot, h in _tally(trace, zone).items()}
 
 
 def _runs(slots: set[int]) -> list[tuple[int, int]]:
@@ -161,12 +186,17 @@ def _lines(slots: set[int], zone: str) -> list[str]:
     return [f"0 {h} * * {_weekdays(days)} {n}h {zone}" for (h, n), days in ordered]
 
 
-def _closed_share(counts: dict[Slot, tuple[int, int]], open_: set[int]) -> float:
-    """The share of days on which the hours a schedule leaves closed saw requests, over all
-    of them: near 0 when the closed hours are idle, as nights and weekends are."""
-    closed = [n for (day, hour), n in counts.items() if day * 24 + hour not in open_]
-    seen = sum(s for _, s in closed)
-    return sum(d for d, _ in closed) / seen if seen else 0.0
+def _a_pattern(hours: dict[Slot, _Hour], open_: set[int]) -> bool:
+    """Whether a schedule open in ``open_`` follows the traffic: the hours it leaves closed
+    are quiet (requests on ``MAX_CLOSED_SHARE`` of their days at most, all of them together)
+    and its open hours hold ``MIN_COVERED_SHARE`` of the requests at least."""
+    inside = {slot: h for slot, h in hours.items() if slot[0] * 24 + slot[1] in open_}
+    closed = [h for slot, h in hours.items() if slot not in inside]
+    seen = sum(h.seen for h in closed)
+    if seen and sum(h.days for h in closed) / seen > MAX_CLOSED_SHARE:
+        return False
+    total = sum(h.requests for h in hours.values())
+    return sum(h.requests for h in inside.values()) >= MIN_COVERED_SHARE * total
 
 
 def derive_schedules(
@@ -179,14 +209,14 @@ def derive_schedules(
     is busy at any threshold, or the busy hours are no weekly pattern."""
     if any(not 0 < t <= 1 for t in thresholds):
         raise ValueError(f"thresholds are shares of days, above 0 and at most 1: {thresholds}")
-    counts = busy_hours(trace, zone)
-    most, quiet = MAX_OPEN_SHARE * WEEK_HOURS, MAX_CLOSED_SHARE
+    hours = _tally(trace, zone)
+    most = MAX_OPEN_SHARE * WEEK_HOURS
     found: dict[str, Candidate] = {}
     for threshold in sorted(thresholds):
         busy = {
             weekday * 24 + hour
-            for (weekday, hour), (days, seen) in counts.items()
-            if days >= min_days and days / seen >= threshold
+            for (weekday, hour), h in hours.items()
+            if h.days >= min_days and h.days / h.seen >= threshold
         }
         tight = _bridged(busy, MIN_GAP_HOURS)
         if not tight or len(tight) > most:
@@ -198,7 +228,7 @@ def derive_schedules(
         }
         for variant, slots in variants.items():
             lines = _lines(slots, zone) if 0 < len(slots) <= most else []
-            if not 0 < len(lines) <= MAX_WINDOWS or _closed_share(counts, slots) > quiet:
+            if not 0 < len(lines) <= MAX_WINDOWS or not _a_pattern(hours, slots):
                 continue
             text = "; ".join(lines)
             found.setdefault(text, Candidate(text, threshold, variant, len(slots)))

@@ -114,6 +114,33 @@ def _watch_idle(stack: LocalStack) -> Callable[[], Any]:
     return watch
 
 
+def test_a_create_agent_run_on_a_cold_engine_gets_progress_in_its_custom_stream(
+    stack: LocalStack, api_key: str
+) -> None:
+    """LangChain 1.x ``create_agent``, streamed with ``["messages", "custom"]``: the first
+    progress event within 2 s, then at least one every 5 s until the first token."""
+    from langchain.agents import create_agent
+
+    from langchain_vllm_autoscale import ChatVLLMAutoscale
+
+    llm = ChatVLLMAutoscale(base_url=stack.url, api_key=api_key, temperature=0,
+                            max_tokens=MAX_TOKENS, auto_warmup="never")  # fmt: skip
+    agent = create_agent(llm, tools=[])
+    _cold(stack)
+    began = time.monotonic()
+    progress, first_token = [], None
+    question = {"messages": [{"role": "user", "content": PROMPT}]}
+    for mode, data in agent.stream(question, stream_mode=["messages", "custom"]):
+        if mode == "custom" and data.get("type") == "vllm_autoscale.progress":
+            progress.append(time.monotonic() - began)
+        elif mode == "messages" and data[0].content and first_token is None:
+            first_token = time.monotonic() - began
+    assert first_token is not None and progress, (progress, first_token)
+    assert progress[0] < 2.0, progress
+    gaps = [b - a for a, b in zip(progress, [*progress[1:], first_token], strict=True)]
+    assert max(gaps) <= 5.0, gaps
+
+
 # -- clients nobody here wrote, through a cold start ---------------------------------------------
 
 

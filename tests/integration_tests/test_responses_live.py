@@ -3,7 +3,9 @@ the openai SDK and for ``ChatOpenAI(use_responses_api=True)``, under the slash-f
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import openai
 import pytest
@@ -80,12 +82,16 @@ def test_the_agents_sdk_s_default_responses_model_runs_an_agent_with_a_tool(
         calls.append(city)
         return f"sunny in {city}"
 
-    client = openai.AsyncOpenAI(base_url=f"{warm_stack.url}/v1", api_key=api_key)
-    agent = Agent(name="weather", instructions="Answer briefly.", tools=[get_weather],
-                  model=OpenAIResponsesModel(model=ALIAS, openai_client=client),
-                  model_settings=ModelSettings(tool_choice="get_weather", temperature=0,
-                                               max_tokens=64))  # fmt: skip
-    result = Runner.run_sync(agent, "What is the weather in Paris?", max_turns=3)
+    async def run() -> Any:
+        # Closed on the loop it ran on: no socket is left for a later test to find.
+        async with openai.AsyncOpenAI(base_url=f"{warm_stack.url}/v1", api_key=api_key) as client:
+            agent = Agent(name="weather", instructions="Answer briefly.", tools=[get_weather],
+                          model=OpenAIResponsesModel(model=ALIAS, openai_client=client),
+                          model_settings=ModelSettings(tool_choice="get_weather",
+                                                       temperature=0, max_tokens=64))  # fmt: skip
+            return await Runner.run(agent, "What is the weather in Paris?", max_turns=3)
+
+    result = asyncio.run(run())
     assert calls and result.final_output is not None
     kinds = [item.type for item in result.new_items]
     assert "tool_call_item" in kinds and "tool_call_output_item" in kinds

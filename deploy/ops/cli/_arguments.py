@@ -109,7 +109,11 @@ def _add_advisor_args(cost: argparse.ArgumentParser) -> None:
         help="a synthetic month of traffic instead of a trace",
     )  # fmt: skip
     cost.add_argument("--seed", type=int, default=0, help="the --profile's random seed")
-    cost.add_argument("--zone", default="UTC", help="the office-hours profile's time zone")
+    cost.add_argument(
+        "--zone", default="UTC",
+        help="the time zone of the busy hours warm schedules are derived from, and of the "
+        "office-hours profile",
+    )  # fmt: skip
     cost.add_argument(
         "--max-wait-share", type=float, default=None,
         help="wait budget: the share of requests that may wait for a boot "

@@ -32,6 +32,8 @@ from ...core.advisor import (
     recommend,
     sweep,
 )
+from ...core.schedule import WarmSchedule
+from ...core.warm_candidates import derive_schedules
 from ...gateway import Gateway
 from ..auth import Admin
 from ..responses import ADMIN_ERRORS, errors
@@ -150,15 +152,22 @@ def advice(
                                  "little to scale to a month"}  # fmt: skip
     trace = Trace(tuple(arrivals), start, now, served.name)
     inputs = CostInputs(settings.gpu_price_per_hour, settings.gpu_count, boot_seconds=boot)
-    schedules = [settings.warm_schedule] if settings.warm_schedule else []
+    deployed = [settings.warm_schedule] if settings.warm_schedule else []
+    # The schedules the traffic suggests (core/warm_candidates.py), beside the deployed one.
+    derived = [c.schedule for c in derive_schedules(trace) if c.schedule not in deployed]
     windows = {*DEFAULT_WINDOWS, *([] if window is None else [float(window)])}
-    rows = sweep(trace, inputs, sorted(windows), schedules)
+    rows = sweep(trace, inputs, sorted(windows), deployed + derived)
     best = recommend(rows, max_wait_share)
     always_on = next(r for r in rows if r.window is None)
+    # A row names its schedule as its windows, one "; " apart: the deployed one, so written.
+    deployed_text = (
+        "; ".join(str(w) for w in WarmSchedule.parse(settings.warm_schedule).windows)
+        if settings.warm_schedule else None
+    )  # fmt: skip
     current = next(
-        (r for r in rows if r.window == window and bool(r.schedule) == bool(schedules)),
-        always_on,
+        (r for r in rows if r.window == window and r.schedule == deployed_text), always_on
     )
+    out["schedules_derived"] = derived
     out["current"] |= _row(current)
     out.update(recommended={**_row(best.row), "fits": best.fits}, always_on=_row(always_on),
                reason=best.reason)  # fmt: skip

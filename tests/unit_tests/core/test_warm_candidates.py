@@ -139,6 +139,18 @@ def test_a_few_requests_after_hours_leave_office_hours_a_schedule() -> None:
     assert derive_schedules(_trace(times))[0].schedule == "0 9 * * mon-fri 9h UTC"
 
 
+def test_a_coincidence_in_sparse_traffic_is_no_schedule(monkeypatch) -> None:
+    # Two requests on Tuesdays at 10:00 (of four) and 20 more at other hours: that hour
+    # holds 2 of 22 requests.
+    times = [T + 1 * DAY + 10 * HOUR + 60, T + 8 * DAY + 10 * HOUR + 60]
+    times += [T + day * DAY + (day * 5 % 24) * HOUR for day in range(2, 22)]
+    trace = _trace(times)
+    assert busy_hours(trace, "UTC")[(1, 10)] == (2, 4)
+    assert derive_schedules(trace) == []
+    monkeypatch.setattr(warm_candidates, "MIN_COVERED_SHARE", 0.0)
+    assert derive_schedules(trace)[0].schedule == "0 10 * * tue 1h UTC"
+
+
 def test_sparse_traffic_has_no_busy_hours() -> None:
     # A request a day at a different hour each day: no hour busy on two days.
     trace = _trace([T + day * DAY + (day * 5 % 24) * HOUR for day in range(28)])

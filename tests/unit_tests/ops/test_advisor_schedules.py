@@ -166,8 +166,11 @@ def test_thin_uniform_traffic_gets_no_schedule_fitted_to_its_lucky_lulls(monkeyp
 
 
 def test_sparse_traffic_gets_no_schedule(capsys, tmp_path: Path) -> None:
+    # 23 requests at random in 30 days, and two on Tuesdays at 10:15: a coincidence, not
+    # a busy hour, though that hour saw requests on two of its four days.
     rng = random.Random("sparse")
-    times = sorted(T + rng.uniform(0, 30 * DAY) for _ in range(25))
+    times = [T + rng.uniform(0, 30 * DAY) for _ in range(23)]
+    times = sorted([*times, T + 1 * DAY + 10.25 * HOUR, T + 8 * DAY + 10.25 * HOUR])
     data = _advice(capsys, "--traffic", str(_csv(tmp_path / "sparse.csv", times)))
     assert data["derived"]["schedules"] == []
     assert all(r["schedule"] is None for r in data["rows"])

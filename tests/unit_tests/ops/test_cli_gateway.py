@@ -4,7 +4,6 @@ through ``httpx.MockTransport``), and ``keys new``'s entries as the wrapper load
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 
 from deploy.gateway.keys import hash_key, load_file
 from deploy.ops import cli
-from deploy.ops.cli import remote
+from tests.unit_tests.ops.cli_run import error, run
 
 URL = "http://wrapper.test"
 ADMIN = "vak-admin-secret"
@@ -40,37 +39,6 @@ USAGE = {
     "start": "2025-05-01",
     "end": "2025-05-31",
 }
-
-
-def error(status: int, message: str) -> httpx.Response:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                      "code": status}}  # fmt: skip
-    return httpx.Response(status, json=body)
-
-
-@pytest.fixture
-def wrapper(monkeypatch) -> Callable[[Callable[[httpx.Request], httpx.Response]], list]:
-    """Route the CLI's HTTP calls to a handler; returns the requests it saw."""
-    monkeypatch.delenv("VLLM_AUTOSCALE_URL", raising=False)
-    monkeypatch.delenv("VLLM_AUTOSCALE_API_KEY", raising=False)
-    seen: list[httpx.Request] = []
-
-    def install(handler: Callable[[httpx.Request], httpx.Response]) -> list[httpx.Request]:
-        def record(request: httpx.Request) -> httpx.Response:
-            seen.append(request)
-            return handler(request)
-
-        transport = httpx.MockTransport(record)
-        monkeypatch.setattr(remote, "_http_client", lambda: httpx.Client(transport=transport))
-        return seen
-
-    return install
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_usage_table_shows_each_row_and_the_totals(wrapper, capsys) -> None:

@@ -6,58 +6,32 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 
 from deploy.gateway.store import MemoryStore
-from deploy.ops import cli
 from deploy.ops.cli import remote
 from deploy.ops.cli import serve as serve_command
 from deploy.ops.cli._output import money, number
 from deploy.wrapper import create_app
+from tests.unit_tests.ops.cli_run import error as _error
+from tests.unit_tests.ops.cli_run import run
 from tests.unit_tests.wrapper_fake import FakeTransport, make_settings
+
+
+def error(status: int, message: str) -> httpx.Response:
+    return _error(status, message, "name")
+
 
 URL = "http://wrapper.test"
 ADMIN = "vak-admin-secret"
 GUS = {"name": "gus", "role": "user", "rpm": 100, "tpm": None, "max_streams": None,
        "monthly_budget_usd": 0.002, "source": "store", "month_spend_usd": 0.0,
        "budget_used": 0.0}  # fmt: skip
-
-
-def error(status: int, message: str) -> httpx.Response:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": "name",
-                      "code": status}}  # fmt: skip
-    return httpx.Response(status, json=body)
-
-
-@pytest.fixture
-def wrapper(monkeypatch) -> Callable[[Callable[[httpx.Request], httpx.Response]], list]:
-    """Route the CLI's HTTP calls to a handler; returns the requests it saw."""
-    monkeypatch.delenv("VLLM_AUTOSCALE_URL", raising=False)
-    monkeypatch.delenv("VLLM_AUTOSCALE_API_KEY", raising=False)
-    seen: list[httpx.Request] = []
-
-    def install(handler: Callable[[httpx.Request], httpx.Response]) -> list[httpx.Request]:
-        def record(request: httpx.Request) -> httpx.Response:
-            seen.append(request)
-            return handler(request)
-
-        transport = httpx.MockTransport(record)
-        monkeypatch.setattr(remote, "_http_client", lambda: httpx.Client(transport=transport))
-        return seen
-
-    return install
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # -- money ----------------------------------------------------------------------------------------
