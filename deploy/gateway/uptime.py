@@ -137,13 +137,20 @@ class UptimeMeter:
         return rec
 
     def served(
-        self, model: str, key: str, facts: Facts | None, engine_s: float, requests: int = 1
+        self,
+        model: str,
+        key: str,
+        facts: Facts | None,
+        engine_s: float,
+        requests: int = 1,
+        ended_at: float | None = None,
     ) -> None:
-        """An engine answer of ``engine_s`` seconds for ``key`` that ended now. Without a
-        container in its facts (a fallback, a cache hit) it used no engine container."""
+        """An engine answer of ``engine_s`` seconds for ``key`` that ended at ``ended_at``
+        (default: now). Without a container in its facts (a fallback, a cache hit) it used
+        no engine container."""
         if facts is None or facts.container is None:
             return
-        ended = self.clock()
+        ended = self.clock() if ended_at is None else ended_at
         began = ended - max(0.0, engine_s)
         up_since = facts.up_since or facts.booted_at or began
         with self._lock:

@@ -27,6 +27,22 @@ KEY = "vak-from-the-keys-file-0123456789"
 REMOTE_KEYS = f"{SHIPPED_DIR}/api_keys/team-keys.toml"
 
 
+def _deploy_from_a_fresh_shell(config: Path, **env: str) -> dict[str, Any]:
+    """What a deploy from ``config`` hands ``modal deploy``, from a shell with no ``VLLM_*``
+    but the deploying machine's secrets (and ``env``)."""
+    saved = dict(os.environ)
+    try:
+        for name in [k for k in os.environ if k.startswith("VLLM_")]:
+            del os.environ[name]
+        os.environ.pop(BAKED_SETTINGS_ENV, None)
+        os.environ.update(DEPLOY_MACHINE_SECRETS)
+        os.environ.update(env)
+        return deploy_command._deploy_env(load_settings(config))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def from_file(tmp_path_factory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("team-config")
@@ -34,17 +50,18 @@ def from_file(tmp_path_factory) -> dict[str, Any]:
     keys.write_text(f'[[keys]]\nname = "team"\nsha256 = "{hash_key(KEY)}"\nrole = "admin"\n')
     config = folder / "vllm-autoscale.toml"
     config.write_text('scaledown_window = 420\napi_keys_file = "team-keys.toml"\n')
-    saved = dict(os.environ)
-    try:  # the deploying machine: no VLLM_* but its secrets
-        for name in [k for k in os.environ if k.startswith("VLLM_")]:
-            del os.environ[name]
-        os.environ.pop(BAKED_SETTINGS_ENV, None)
-        os.environ.update(DEPLOY_MACHINE_SECRETS)
-        env = deploy_command._deploy_env(load_settings(config))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return {"manifests": collect(env), "keys": keys, "env": env}
+    env = _deploy_from_a_fresh_shell(config)
+    return {"manifests": collect(env), "keys": keys, "env": env, "config": config}
+
+
+def test_two_deploys_from_fresh_shells_bake_the_same_settings(from_file) -> None:
+    """A redeploy from the settings file alone reverts nothing: the second deploy's images
+    bake what the first one's did (read back from the Modal objects)."""
+    again = collect(_deploy_from_a_fresh_shell(from_file["config"]))
+    for name in ("wrapper", "VLLMInference"):
+        first = json.loads(from_file["manifests"][name]["env"][BAKED_SETTINGS_ENV])
+        assert json.loads(again[name]["env"][BAKED_SETTINGS_ENV]) == first
+    assert again["VLLMInference"]["options"] == from_file["manifests"]["VLLMInference"]["options"]
 
 
 def test_the_files_settings_are_baked_into_both_images(from_file) -> None:

@@ -199,6 +199,8 @@ def test_models_answers_while_the_engine_is_cold(
     assert card.pop("state") == "cold"  # as last seen: listing never wakes the engine
     assert card["id"] == MODEL and card["max_model_len"] == 2048
     assert card["capabilities"] == {
+        "task": "generation",
+        "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/responses"],
         "tool_calling": True, "tool_parser": "hermes", "structured_output": True,
         "reasoning": False, "reasoning_parser": None, "image_inputs": False,
         "max_output_tokens": 2048, "token_counting": True,

@@ -37,13 +37,15 @@ class Books:
         estimated: bool = False,
         facts: Facts | None = None,
         engine_model: str | None = None,
+        ended_at: float | None = None,
     ) -> None:
         """An answer the engine (or the cold fallback) served; ``facts`` and
         ``engine_model`` (the served model whose engine answered; None for the fallback)
         feed the GPU up-time meter."""
         self.gateway.record(caller, model or self.default_model, usage, meta, estimated=estimated)
         if engine_model is not None:
-            self.gateway.uptime.served(engine_model, caller.name, facts, meta["engine_ms"] / 1000)
+            self.gateway.uptime.served(engine_model, caller.name, facts, meta["engine_ms"] / 1000,
+                                       ended_at=ended_at)  # fmt: skip
         self.metrics.count_usage(usage, caller.name)
         self.metrics.count_key(caller.name, "served")
 

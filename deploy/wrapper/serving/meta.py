@@ -45,9 +45,11 @@ def call_meta(
     settings: Settings,
     cache: str = "bypass",
     served_by: str = "engine",
+    ended: float | None = None,
 ) -> Meta:
-    """What the answer reports of its call; ``settings``: the served model's (its price)."""
-    engine_s = time.perf_counter() - started - facts.queue_wait_s
+    """What the answer reports of its call; ``settings``: the served model's (its price);
+    ``ended``: when the engine's part ended (``perf_counter``; default: now)."""
+    engine_s = (time.perf_counter() if ended is None else ended) - started - facts.queue_wait_s
     # At the configured GPU price: what this request would cost on the GPU tier (the
     # fallback's own price is not known here).
     gpu_s = engine_s if served_by == "engine" else 0.0

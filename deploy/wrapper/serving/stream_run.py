@@ -167,8 +167,9 @@ class StreamRun:
 
     def _book(self, usage: dict[str, Any], estimated: bool = False) -> Meta:
         """The stream in the books, kept once (limits settled, ledger, metrics); its meta."""
+        ended = self.tally.ended  # set once the engine stream closed (a late booking)
         meta = call_meta(self.request, self.tally.facts or Facts(), self.started, self.settings,
-                         self.cache, self.served_by)  # fmt: skip
+                         self.cache, self.served_by, ended[0] if ended else None)  # fmt: skip
         self.ticket.settle(tokens(usage))
         self.parts.books.served(
             self.caller,
@@ -178,6 +179,7 @@ class StreamRun:
             estimated=estimated,
             facts=self.tally.facts,
             engine_model=self.engine_model,
+            ended_at=ended[1] if ended else None,
         )
         self.booked = True
         return meta
@@ -186,8 +188,10 @@ class StreamRun:
         """Book a stream that ended without its usage reaching the books: the engine's usage
         if the tally saw it, else the tokens counted from what the engine sent (estimated)."""
         tally = self.tally
-        if tally.usage is None and not tally.pieces:
-            return  # nothing was generated (failed before its first token)
+        # The engine's first part comes once it has read the prompt: from then on the
+        # prompt's tokens were served, even if the client left before any text.
+        if tally.usage is None and not tally.parts:
+            return  # the engine never answered: nothing was served
         usage, estimated = tally.usage, tally.usage is None
         if usage is None:
             try:

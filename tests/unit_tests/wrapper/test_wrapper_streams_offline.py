@@ -330,6 +330,21 @@ async def test_a_stream_for_another_model_never_reaches_the_engine(
 # -- a client that goes away ----------------------------------------------------------------------
 
 
+async def test_a_stream_left_after_its_role_chunk_books_the_prompt_it_read() -> None:
+    """The engine's first part (the role, no text yet) comes once it has read the prompt: a
+    client gone right then still owes the prompt's tokens (counted by the wrapper)."""
+    app, fake = fresh_app()
+    role = {"id": "c", "object": "chat.completion.chunk", "model": fake.model_name,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}  # fmt: skip
+    fake.stream_chunks = [role, chunk("never")]
+    fake.stream_hang_at = 1
+    await asyncio.wait_for(drop_stream(app, STREAM, KEY, after=1), 5)
+    async with client_for(app) as client:
+        usage = (await client.get("/v1/usage")).json()["totals"]
+    assert usage["requests"] == 1 and usage["estimated"] == 1
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] == 0
+
+
 async def test_a_client_gone_mid_stream_closes_the_engine_stream() -> None:
     """Raw ASGI: the client disconnects after the first chunk while the engine hangs."""
     app, fake = app_for()
