@@ -183,17 +183,17 @@ def allocate(
             idle = max(0.0, up - boot - busy)
             busy_shares = _shares(life.work.get(day, {})) or _shares(life_total)
             provisional = not life.final
-            given = 0.0
-            for key, share in busy_shares.items():
+            for key, share in busy_shares.items():  # the shares add up to 1
                 line(day, life.model, key).add(busy * share, 0.0, 0.0, provisional)
-                given += share
-            rest_busy = busy * (1.0 - given) if busy_shares else busy
             for key, share in overhead_shares.items():
                 line(day, life.model, key).add(0.0, boot * share, idle * share, provisional)
+            # Busy time with no work to share it by (none recorded) and, under the overhead
+            # policy or for a life nobody used, boot and idle: the unallocated line.
+            unallocated_busy = 0.0 if busy_shares else busy
             if not overhead_shares:
-                line(day, life.model, UNALLOCATED).add(rest_busy, boot, idle, provisional)
-            elif rest_busy > 1e-9:
-                line(day, life.model, UNALLOCATED).add(rest_busy, 0.0, 0.0, provisional)
+                line(day, life.model, UNALLOCATED).add(unallocated_busy, boot, idle, provisional)
+            elif unallocated_busy:
+                line(day, life.model, UNALLOCATED).add(unallocated_busy, 0.0, 0.0, provisional)
     return out
 
 

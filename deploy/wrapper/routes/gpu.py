@@ -48,7 +48,7 @@ async def gpu(
         raise _store_down(gateway, "read uptime", exc) from None
     for name, served in request.app.state.models.models.items():
         state = (await served.transport.status()).state
-        summary.setdefault(name, gateway.gpu_summary([], now).get(name, {}))["state"] = state
+        summary[name]["state"] = state  # every served model has a price: it is in the summary
     return {
         "object": "gpu.usage",
         "now": round(now, 3),
