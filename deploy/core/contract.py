@@ -28,6 +28,8 @@ from .errors import EngineError
 __all__ = [
     "ENDPOINTS",
     "ENDPOINT_KEY",
+    "OUTPUT_CAPS",
+    "PROMPT_FIELDS",
     "RESPONSE_ENDS",
     "AdapterHost",
     "BatchResults",
@@ -54,6 +56,10 @@ BatchResults = list[dict[str, Any] | EngineError]
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
 ENDPOINTS: frozenset[str] = frozenset(get_args(Endpoint))
 ENDPOINT_KEY = "vllm_autoscale_endpoint"
+OUTPUT_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+"""The body fields that cap a request's output: chat's two names, then Responses' one."""
+PROMPT_FIELDS = ("messages", "prompt", "input", "instructions")
+"""The body fields that carry a request's prompt: chat's, text completions', Responses'."""
 RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 """The events a Responses stream ends with (no ``[DONE]`` follows); the last carries the usage."""
 

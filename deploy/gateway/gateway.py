@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 import orjson
 
+from ..core.contract import OUTPUT_CAPS, PROMPT_FIELDS
 from ..core.errors import StoreUnavailable
 from ..settings.settings import Settings
 from .allocation import UNALLOCATED, Allocation, Life, allocate, by_model, merge_lives
@@ -118,8 +119,11 @@ def _day_start(date: str) -> float:
 
 
 def prompt_estimate(body: Mapping[str, Any]) -> int:
-    """A prompt's tokens without a tokenizer: about 4 bytes of its messages a token."""
-    return len(canonical_json(body.get("messages") or [])) // 4 + 1
+    """A prompt's tokens without a tokenizer: about 4 bytes a token of whichever fields carry
+    it on the request's route (chat's messages, a text completion's prompt, a Response's
+    input and instructions)."""
+    size = sum(len(canonical_json(body[name])) for name in PROMPT_FIELDS if body.get(name))
+    return (size or 2) // 4 + 1
 
 
 def _writer_id() -> str:
@@ -384,8 +388,8 @@ class Gateway:
         prompt = prompt_estimate(body)
         if body.get("tools"):
             prompt += len(canonical_json(body["tools"])) // 4
-        cap = (body.get("max_tokens") or body.get("max_completion_tokens")
-               or self.settings.default_max_tokens)  # fmt: skip
+        cap = next((body[name] for name in OUTPUT_CAPS if body.get(name)),
+                   self.settings.default_max_tokens)  # fmt: skip
         choices = body.get("n")
         choices = choices if isinstance(choices, int) and choices > 1 else 1
         if cap:

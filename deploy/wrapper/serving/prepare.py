@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import Request
 
-from ...core.contract import ENDPOINT_KEY, Endpoint, EngineTransport
+from ...core.contract import ENDPOINT_KEY, OUTPUT_CAPS, Endpoint, EngineTransport
 from ...core.errors import InvalidRequest
 from ...gateway import KeyRecord
 from ...settings.settings import Settings
@@ -26,7 +26,7 @@ from ..protocol import (
     EmbeddingRequest,
     ResponsesRequest,
 )
-from .endpoints import CHAT, check_endpoint
+from .endpoints import CHAT, COMPLETIONS, RESPONSES, check_endpoint
 from .registry import ModelRegistry, ServedModel
 
 __all__ = ["Preparer"]
@@ -46,10 +46,14 @@ class Preparer:
         """The served model ``model`` names (404 listing what is served, when none)."""
         return self.models.resolve(model, param)[0]
 
-    def _with_default_max_tokens(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _with_default_max_tokens(
+        self, body: dict[str, Any], cap: str = "max_tokens"
+    ) -> dict[str, Any]:
+        """The operator's default output cap where the request sets none (``cap``: the
+        route's name for it; Responses call it ``max_output_tokens``)."""
         default = self.settings.default_max_tokens
-        if default and not (body.get("max_tokens") or body.get("max_completion_tokens")):
-            body["max_tokens"] = default
+        if default and not any(body.get(name) for name in OUTPUT_CAPS):
+            body[cap] = default
         return body
 
     def engine_body(
@@ -67,7 +71,11 @@ class Preparer:
         if endpoint == CHAT:
             return self._with_default_max_tokens(body)
         body[ENDPOINT_KEY] = endpoint
-        return body if endpoint != "/v1/completions" else self._with_default_max_tokens(body)
+        if endpoint == COMPLETIONS:
+            return self._with_default_max_tokens(body)
+        if endpoint == RESPONSES:
+            return self._with_default_max_tokens(body, "max_output_tokens")
+        return body
 
     def seed_body(self, req: ChatRequest) -> dict[str, Any]:
         """vLLM's body for the seed's ``/chat`` request."""

@@ -434,6 +434,21 @@ def test_the_token_reservation_counts_n_and_the_tools() -> None:
     assert gateway.reserve({"messages": MESSAGES, "max_tokens": 100, "tools": tools}) > plain + 100
 
 
+def test_the_token_reservation_counts_every_route_s_prompt_and_output_cap() -> None:
+    """Text completions carry their prompt in ``prompt``, Responses in ``input`` and
+    ``instructions`` and their cap in ``max_output_tokens``: each counts like chat's."""
+    gateway = wrapper(MemoryStore()).state.gateway
+    text = "x" * 4000  # about 1,000 tokens
+    chat = gateway.reserve({"messages": [{"role": "user", "content": text}], "max_tokens": 10})
+    assert chat > 1000
+    completion = gateway.reserve({"prompt": text, "max_tokens": 10})
+    response = gateway.reserve({"input": text, "max_output_tokens": 10})
+    instructed = gateway.reserve({"input": "hi", "instructions": text, "max_output_tokens": 10})
+    for held in (completion, response, instructed):
+        assert abs(held - chat) <= 20, (held, chat)
+    assert gateway.reserve({"input": "hi", "max_output_tokens": 500}) >= 500
+
+
 # -- prefix caches per key ------------------------------------------------------------------------
 
 

@@ -207,3 +207,14 @@ async def test_responses_are_never_stored_and_carry_the_key_s_cache_salt() -> No
     assert_error(refused, 422, param="store")
     (body,) = fake.chat_bodies
     assert body["store"] is False and len(body["cache_salt"]) == 64
+
+
+async def test_a_response_without_an_output_cap_gets_the_default_one() -> None:
+    """``VLLM_DEFAULT_MAX_TOKENS`` bounds Responses as it bounds chat and text completions."""
+    app, fake = fresh_app(default_max_tokens=16)
+    async with client_for(app) as client:
+        await client.post("/v1/responses", json={"input": "hi"})
+        await client.post("/v1/responses", json={"input": "hi", "max_output_tokens": 5})
+    uncapped, capped = fake.chat_bodies
+    assert uncapped["max_output_tokens"] == 16 and "max_tokens" not in uncapped
+    assert capped["max_output_tokens"] == 5
