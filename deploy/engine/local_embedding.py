@@ -68,6 +68,7 @@ def local_embedding_config(
         model=str(prepare_local_embedding_model(cache_dir)),
         served_model_name=served_name,
         device="cpu",
+        in_process_worker=True,  # one interpreter fewer: a shorter boot
         runner="pooling",
         max_model_len=256,  # the model's own limit (its max_position_embeddings here)
         # On CPU this is the share of RAM vLLM reserves: its 0.92 default refuses to start

@@ -137,6 +137,7 @@ def local_engine_config(
         model=str(prepare_local_model(cache_dir)),
         served_model_name=served_name,
         device="cpu",
+        in_process_worker=True,  # one interpreter fewer: a shorter boot
         max_model_len=max_model_len,
         tool_call_parser="hermes",
         chat_template=str(CHAT_TEMPLATES / "chatml_tools.jinja"),
