@@ -17,36 +17,39 @@ TESTS = Path(conftest.__file__).parent
 
 
 def _scope(nodeid: str) -> str:
-    return conftest.LiveStackScheduling._split_scope(None, nodeid)  # type: ignore[arg-type]
+    scheduling = conftest.EngineTestsScheduling.__new__(conftest.EngineTestsScheduling)
+    return scheduling._split_scope(nodeid)
 
 
-def test_live_stack_tests_share_one_scope_and_offline_modules_have_their_own() -> None:
-    live = sorted((TESTS / "integration_tests").glob("test_*.py"))
+def _nodeid(path: Path) -> str:
+    return f"{path.relative_to(TESTS.parent).as_posix()}::test_x[a::b]"
+
+
+def test_every_test_that_runs_vllm_shares_one_scope_and_offline_modules_have_their_own() -> None:
+    engine = [
+        *sorted((TESTS / "integration_tests").glob("test_*.py")),
+        TESTS / "container_fidelity" / "test_containers.py",
+    ]
     offline = [
         *sorted((TESTS / "unit_tests").rglob("test_*.py")),
         *sorted((TESTS / "packaging").glob("test_*.py")),
-        *sorted((TESTS / "container_fidelity").glob("test_*.py")),
+        *sorted(set((TESTS / "container_fidelity").glob("test_*.py")) - set(engine)),
     ]
-    assert len(live) > 20 and len(offline) > 50
-
-    def nodeid(path: Path) -> str:
-        return f"{path.relative_to(TESTS.parent).as_posix()}::test_x[a::b]"
-
-    own = {p for p in live if nodeid(p).split("::")[0] in conftest.OWN_ENGINE}
-    assert len(own) == len(conftest.OWN_ENGINE)  # each names a module that exists
-    assert {_scope(nodeid(p)) for p in live if p not in own} == {conftest.LIVE_STACK_PREFIX}
-    assert all(_scope(nodeid(p)) == nodeid(p).split("::")[0] for p in own)
-    scopes = [_scope(nodeid(p)) for p in offline]
-    assert scopes == [nodeid(p).split("::")[0] for p in offline]
+    assert len(engine) > 20 and len(offline) > 50 and all(p.exists() for p in engine)
+    assert {_scope(_nodeid(p)) for p in engine} == {conftest.ENGINE_SCOPE}
+    assert [_scope(_nodeid(p)) for p in offline] == [_nodeid(p).split("::")[0] for p in offline]
 
 
-def test_a_run_reaches_the_live_stack_through_its_folder_a_file_or_a_parent() -> None:
-    live = "tests/integration_tests"
-    assert conftest.selects_live_stack([str(TESTS.parent / "tests")])
-    assert conftest.selects_live_stack([str(TESTS.parent / live / "test_fuzz.py") + "::t"])
-    assert conftest.selects_live_stack([str(TESTS.parent / live)])
-    assert not conftest.selects_live_stack([str(TESTS / "unit_tests")])
-    assert not conftest.selects_live_stack([str(TESTS / "packaging"), str(TESTS / "unit_tests")])
+def test_a_run_reaches_the_engine_tests_through_a_folder_a_file_or_a_parent() -> None:
+    live = TESTS / "integration_tests"
+    assert conftest.selects_engine_tests([str(TESTS)])
+    assert conftest.selects_engine_tests([str(live / "test_fuzz.py") + "::t"])
+    assert conftest.selects_engine_tests([str(live)])
+    assert conftest.selects_engine_tests([str(TESTS / "container_fidelity")])
+    assert not conftest.selects_engine_tests([str(TESTS / "unit_tests")])
+    assert not conftest.selects_engine_tests(
+        [str(TESTS / "packaging"), str(TESTS / "container_fidelity" / "test_presets.py")]
+    )
 
 
 def test_the_suite_runs_on_workers_with_named_plugins() -> None:
@@ -76,9 +79,15 @@ def test_live_stack_tests_land_on_one_worker() -> None:
 
 
 def test_modules_that_check_answers_run_first_and_each_keeps_its_order() -> None:
+    live = TESTS / "integration_tests"
     names = ["test_a.py", *reversed(conftest.ANSWERS_FIRST), "test_b.py"]
-    items = [SimpleNamespace(path=TESTS / "integration_tests" / n, i=i) for i, n in
-             enumerate(names)]  # fmt: skip
+    items = [SimpleNamespace(path=live / n) for n in names]
+    unit = SimpleNamespace(path=TESTS / "unit_tests" / "client" / "test_standard.py")
+    items.insert(0, unit)  # the same name elsewhere keeps its place
     conftest.pytest_collection_modifyitems(items)  # type: ignore[arg-type]
-    assert [i.path.name for i in items] == [*conftest.ANSWERS_FIRST, "test_a.py", "test_b.py"]
-    assert all((TESTS / "integration_tests" / n).exists() for n in conftest.ANSWERS_FIRST)
+    assert [i.path.name for i in items[: len(conftest.ANSWERS_FIRST)]] == list(
+        conftest.ANSWERS_FIRST
+    )
+    assert items[len(conftest.ANSWERS_FIRST) :] == [unit, items[-2], items[-1]]
+    assert [i.path.name for i in items[-2:]] == ["test_a.py", "test_b.py"]
+    assert all((live / n).exists() for n in conftest.ANSWERS_FIRST)
