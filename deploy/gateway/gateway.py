@@ -123,7 +123,7 @@ def prompt_estimate(body: Mapping[str, Any]) -> int:
     it on the request's route (chat's messages, a text completion's prompt, a Response's
     input and instructions)."""
     size = sum(len(canonical_json(body[name])) for name in PROMPT_FIELDS if body.get(name))
-    return (size or 2) // 4 + 1
+    return size // 4 + 1
 
 
 def _writer_id() -> str:

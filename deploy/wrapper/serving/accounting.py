@@ -54,11 +54,11 @@ class StreamTally:
     def __init__(self) -> None:
         self.texts: dict[int, list[str]] = {}
         self.pieces = 0
-        self.parts = 0
+        self.chunks_seen = 0
+        """Chunks the engine sent: one, even a role-only chunk, means it read the prompt."""
         self.ended: tuple[float, float] | None = None
         """When the engine stream closed (``perf_counter``, Unix time): a stream booked later
         (its client gone, its tokens still to count) is timed to here, not to its booking."""
-        """Parts the engine sent: one, even a role-only chunk, means it read the prompt."""
         self.usage: dict[str, Any] | None = None
         self.facts: Facts | None = None
 
@@ -75,7 +75,7 @@ class StreamTally:
             await source.aclose()  # type: ignore[attr-defined]
 
     def _note(self, chunk: dict[str, Any]) -> None:
-        self.parts += 1
+        self.chunks_seen += 1
         usage = usage_of(chunk) or (chunk.get("usage") if chunk.get("choices") else None)
         if usage:
             self.usage = usage

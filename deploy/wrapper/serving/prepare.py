@@ -33,6 +33,10 @@ __all__ = ["Preparer"]
 
 _INT64 = (-(2**63), 2**64 - 1)
 OpenAIRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest
+# Where each generating route takes the operator's default output cap (embeddings have none).
+_DEFAULT_CAP_FIELD: dict[Endpoint, str] = {
+    CHAT: "max_tokens", COMPLETIONS: "max_tokens", RESPONSES: "max_output_tokens",
+}  # fmt: skip
 
 
 class Preparer:
@@ -46,11 +50,9 @@ class Preparer:
         """The served model ``model`` names (404 listing what is served, when none)."""
         return self.models.resolve(model, param)[0]
 
-    def _with_default_max_tokens(
-        self, body: dict[str, Any], cap: str = "max_tokens"
-    ) -> dict[str, Any]:
+    def _with_default_cap(self, body: dict[str, Any], cap: str = "max_tokens") -> dict[str, Any]:
         """The operator's default output cap where the request sets none (``cap``: the
-        route's name for it; Responses call it ``max_output_tokens``)."""
+        route's name for it)."""
         default = self.settings.default_max_tokens
         if default and not any(body.get(name) for name in OUTPUT_CAPS):
             body[cap] = default
@@ -68,18 +70,14 @@ class Preparer:
             _check_integers(req.model_extra, param_prefix)
         body = req.to_engine(name)
         body.pop(ENDPOINT_KEY, None)
-        if endpoint == CHAT:
-            return self._with_default_max_tokens(body)
-        body[ENDPOINT_KEY] = endpoint
-        if endpoint == COMPLETIONS:
-            return self._with_default_max_tokens(body)
-        if endpoint == RESPONSES:
-            return self._with_default_max_tokens(body, "max_output_tokens")
-        return body
+        if endpoint != CHAT:
+            body[ENDPOINT_KEY] = endpoint
+        cap = _DEFAULT_CAP_FIELD.get(endpoint)
+        return body if cap is None else self._with_default_cap(body, cap)
 
     def seed_body(self, req: ChatRequest) -> dict[str, Any]:
         """vLLM's body for the seed's ``/chat`` request."""
-        return self._with_default_max_tokens({**req.to_openai(), "model": self.default_name})
+        return self._with_default_cap({**req.to_openai(), "model": self.default_name})
 
     def route(self, body: dict[str, Any]) -> ServedModel:
         """The served model an engine body goes to (its ``model`` was resolved already)."""

@@ -190,7 +190,7 @@ class StreamRun:
         tally = self.tally
         # The engine's first part comes once it has read the prompt: from then on the
         # prompt's tokens were served, even if the client left before any text.
-        if tally.usage is None and not tally.parts:
+        if tally.usage is None and not tally.chunks_seen:
             return  # the engine never answered: nothing was served
         usage, estimated = tally.usage, tally.usage is None
         if usage is None:
